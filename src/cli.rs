@@ -1,0 +1,329 @@
+//! The command line (SPEC "Command line"): run the proxy, `check`, `explain`, `peek`, `demo`.
+//!
+//! Human output goes to stdout; logs go to stderr. Every fault comes back as an error whose
+//! `Display` is the one line `main` prints before exiting with status 1.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config, Route};
+use crate::demo::{Pki, TlsBackend};
+use crate::hello::{Alpn, ClientHello, Peeker, Progress};
+use crate::name::{NamePattern, ServerName};
+use crate::route::{Reason, RouteTable};
+use crate::server::{Server, Signal};
+
+/// sniroute: a TLS front door. Routes each connection by the server name (SNI) and ALPN of
+/// its ClientHello, without decrypting, and splices it to the chosen backend.
+#[derive(Debug, Parser)]
+#[command(name = "sniroute", version)]
+pub struct Args {
+    /// The config file.
+    #[arg(long, global = true, value_name = "PATH", default_value = "routes.toml")]
+    config: PathBuf,
+    /// Runtime worker threads [default: the number of cores].
+    #[arg(long, global = true, value_name = "N")]
+    workers: Option<NonZeroUsize>,
+    /// Access log and events on stderr, as text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the config and print the resolved route table.
+    Check,
+    /// Print which route a ClientHello with this name and ALPN list gets, and why.
+    Explain {
+        /// The server name (SNI) the hello carries; leave out for a hello without one.
+        #[arg(long, value_name = "NAME")]
+        sni: Option<String>,
+        /// A protocol the hello offers in ALPN, in the client's order; repeat for several.
+        #[arg(long, value_name = "PROTO")]
+        alpn: Vec<String>,
+    },
+    /// Parse a captured ClientHello (raw TLS records from FILE, or stdin) and print what the
+    /// peeker sees.
+    Peek {
+        /// The capture; stdin when left out.
+        file: Option<PathBuf>,
+    },
+    /// Run the proxy on 127.0.0.1:8443 with the example routes.toml and two built-in TLS
+    /// backends, and print curl commands that show routing.
+    Demo,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// key=value text.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The example config, which the demo runs.
+const EXAMPLE_CONFIG: &str = include_str!("../routes.toml");
+
+/// Runs the command `args` names.
+///
+/// # Errors
+/// Anything that stops the command: a bad config, an address that can't be bound, a hello that
+/// doesn't parse; the error's `Display` (causes joined with `: `) is the line to print.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // The one crypto provider, chosen explicitly (rcgen and rustls could otherwise disagree).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match args.command {
+        None => {
+            let config = config::load(&args.config)?;
+            init_logging(args.log_format);
+            runtime(args.workers)?.block_on(serve(&args.config, &config))?;
+        }
+        Some(Command::Check) => check(&args.config)?,
+        Some(Command::Explain { sni, alpn }) => explain(&args.config, sni.as_deref(), &alpn)?,
+        Some(Command::Peek { file }) => peek(file.as_deref())?,
+        Some(Command::Demo) => {
+            init_logging(args.log_format);
+            runtime(args.workers)?.block_on(demo())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNIROUTE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
+}
+
+fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.get());
+    }
+    builder.enable_all().build().context("cannot start the runtime")
+}
+
+/// Binds, installs the signal handlers, then serves until SIGTERM or SIGINT.
+async fn serve(path: &Path, config: &Config) -> anyhow::Result<()> {
+    let server = Server::bind(path, config).await?;
+    let signals = forward_signals()?;
+    server.run(signals).await;
+    Ok(())
+}
+
+fn forward_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = hangup.recv() => Signal::Reload,
+                _ = terminate.recv() => Signal::Shutdown,
+                _ = interrupt.recv() => Signal::Shutdown,
+            };
+            if sender.send(signal).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receiver)
+}
+
+/// Routes in the order they are tried: exact names, wildcards by longest suffix, `[default]`.
+fn in_match_order(config: &Config) -> Vec<&Route> {
+    let mut routes: Vec<&Route> = config.routes.iter().collect();
+    routes.sort_by_key(|route| match &route.sni {
+        Some(NamePattern::Exact(_)) => (0, 0, route.line),
+        Some(NamePattern::Wildcard(suffix)) => (1, usize::MAX - suffix.len(), route.line),
+        None => (2, 0, route.line),
+    });
+    routes.extend(&config.default);
+    routes
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = config::load(path)?;
+    println!("{}: ok", path.display());
+    for listen in &config.listeners {
+        println!("listen    {}", listen.address);
+    }
+    let timeouts = config.timeouts;
+    println!(
+        "timeouts  client_hello {}, connect {}, idle {}, drain {}",
+        humantime::format_duration(timeouts.client_hello),
+        humantime::format_duration(timeouts.connect),
+        humantime::format_duration(timeouts.idle),
+        humantime::format_duration(timeouts.drain)
+    );
+    println!(
+        "limits    max_connections {}, max_client_hello {}",
+        config.limits.max_connections, config.limits.max_client_hello
+    );
+    println!("routes, in the order they match:");
+    let rows: Vec<[String; 5]> = in_match_order(&config)
+        .into_iter()
+        .map(|route| {
+            [
+                route.line.to_string(),
+                route.name.clone(),
+                route.sni.as_ref().map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
+                alpn_list(route),
+                route.backend.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["line", "name", "sni", "alpn", "backend"].map(str::to_owned);
+    let widths: Vec<usize> = (0..5).map(|column| rows.iter().chain([&header]).map(|row| row[column].len()).max().unwrap_or(0)).collect();
+    for row in [&header].into_iter().chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
+    if config.default.is_none() {
+        println!("no [default]: hellos without a name or with an unknown one get an unrecognized_name alert");
+    }
+    Ok(())
+}
+
+fn alpn_list(route: &Route) -> String {
+    if route.alpn.is_empty() {
+        return "-".to_owned();
+    }
+    let protocols: Vec<String> = route.alpn.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    protocols.join(",")
+}
+
+fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()> {
+    let config = config::load(path)?;
+    let server_name = sni
+        .map(|sni| ServerName::parse(sni.as_bytes()).with_context(|| format!("--sni \"{}\"", sni.escape_debug())))
+        .transpose()?;
+    let Some(offer) = Alpn::from_protocols(alpn) else {
+        bail!("--alpn: expected protocol names of 1 to 255 bytes");
+    };
+    let table = RouteTable::new(&config);
+    let decision = table.lookup(server_name.as_ref(), &offer);
+    println!("sni      {}", server_name.as_ref().map_or("(none)", ServerName::as_str));
+    println!("alpn     {}", if offer.is_empty() { "(none)".to_owned() } else { offer.to_string() });
+    match decision.route {
+        Some(route) => {
+            println!("route    {} (line {})", route.name, route.line);
+            println!("backend  {}", route.backend);
+            match decision.reason {
+                Reason::NoServerName | Reason::NoMatch => println!("why      {}, so [default]", decision.reason),
+                _ => println!("why      {}", decision.reason),
+            }
+        }
+        None => {
+            println!("route    none");
+            println!("why      {}, and there is no [default]: the client gets an unrecognized_name alert", decision.reason);
+        }
+    }
+    Ok(())
+}
+
+fn peek(file: Option<&Path>) -> anyhow::Result<()> {
+    let (label, bytes) = match file {
+        Some(path) => (path.display().to_string(), std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?),
+        None => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).context("stdin: cannot read")?;
+            ("stdin".to_owned(), bytes)
+        }
+    };
+    let limit = config::Limits::default().max_client_hello.max(bytes.len());
+    match Peeker::new(limit).feed(&bytes) {
+        Progress::Hello(hello) => print_hello(&hello),
+        Progress::NeedMore => bail!("{label}: incomplete client hello ({} bytes)", bytes.len()),
+        Progress::Reject(error) => match error.alert() {
+            Some(alert) => bail!("{label}: rejected: {error} (alert {alert:?})"),
+            None => bail!("{label}: rejected: {error} (closed without an alert)"),
+        },
+    }
+    Ok(())
+}
+
+fn print_hello(hello: &ClientHello) {
+    let hex = |values: &[u16]| values.iter().map(|value| format!("{value:#06x}")).collect::<Vec<_>>().join(" ");
+    println!("server name           {}", hello.server_name.as_ref().map_or("(none)", ServerName::as_str));
+    println!("alpn                  {}", if hello.alpn.is_empty() { "(none)".to_owned() } else { hello.alpn.to_string() });
+    println!("records               {} ({} bytes)", hello.records, hello.wire_len);
+    println!("handshake message     {} bytes", hello.message_len);
+    println!("legacy version        {:#06x}", hello.legacy_version);
+    println!("supported versions    {}", hex(&hello.supported_versions));
+    println!("cipher suites ({:>2})    {}", hello.cipher_suites.len(), hex(&hello.cipher_suites));
+    let extensions: Vec<String> = hello.extensions.iter().map(u16::to_string).collect();
+    println!("extensions ({:>2})       {}", hello.extensions.len(), extensions.join(" "));
+    println!("supported groups      {}", hex(&hello.supported_groups));
+    println!("signature algorithms  {}", hex(&hello.signature_algorithms));
+}
+
+/// Where the demo's proxy listens, as the README and the example routes.toml say.
+const DEMO_PORT: u16 = 8443;
+
+async fn demo() -> anyhow::Result<()> {
+    let path = Path::new("routes.toml (built into sniroute demo)");
+    let config = Config::parse(path, EXAMPLE_CONFIG)?;
+    let pki = Pki::new()?;
+
+    // One TLS backend per backend address, with a certificate for every name routed to it.
+    let mut backends: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
+    for route in &config.routes {
+        let (config::Backend::Addr(address), Some(pattern)) = (&route.backend, &route.sni) else {
+            continue;
+        };
+        let entry = backends.entry(address.to_string()).or_insert((*address, Vec::new()));
+        entry.1.push(pattern.to_string());
+    }
+    for (label, (address, names)) in &backends {
+        let name = format!("backend {label} ({})", names.join(", "));
+        TlsBackend::start(*address, &name, pki.server_config(names, &["http/1.1"])?)
+            .await
+            .with_context(|| format!("demo backend: cannot bind {address}"))?;
+    }
+    let ca_path = std::env::temp_dir().join(format!("sniroute-demo-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca_path, pki.ca_pem()).with_context(|| format!("{}: cannot write", ca_path.display()))?;
+
+    let server = Server::bind(path, &config).await?;
+    let signals = forward_signals()?;
+    let proxy = server.local_addrs()[0];
+    let ca = ca_path.display();
+    println!("sniroute demo: the proxy listens on {proxy}; its TLS backends on {}.", backends.keys().cloned().collect::<Vec<_>>().join(" and "));
+    println!("Each name reaches its own backend, which answers with its name:\n");
+    let mut examples: Vec<String> = Vec::new();
+    for route in &config.routes {
+        match &route.sni {
+            Some(NamePattern::Exact(name)) => examples.push(name.to_string()),
+            Some(NamePattern::Wildcard(suffix)) => examples.push(format!("www{suffix}")),
+            None => {}
+        }
+    }
+    examples.push("unknown.demo.test".to_owned());
+    for name in &examples {
+        println!("  curl --cacert {ca} --connect-to {name}:{DEMO_PORT}:{proxy} https://{name}:{DEMO_PORT}/");
+    }
+    println!("\nThe last name matches no route: with no [default], the client gets a TLS unrecognized_name alert.");
+    println!("Ctrl-C stops the demo. The access log follows on stderr.\n");
+    server.run(signals).await;
+    let _ = std::fs::remove_file(&ca_path);
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! [`ConfigError`]: one fault in one file, displayed as one line
+//! (`routes.toml:27:7: route[3].alpn: expected a list of strings, found an integer`), and the
+//! helpers that turn a byte span into a line, a column and a key path.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// A config fault, located. Its `Display` is the whole line printed to the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file at fault: routes.toml, or a file it names.
+    pub file: PathBuf,
+    /// 1-based line and column inside `file`, where the fault has a place in it.
+    pub position: Option<(usize, usize)>,
+    /// The key path (`route[3].alpn`), 0-based indexes; empty where no key applies.
+    pub key: String,
+    /// What is wrong: lowercase, no trailing period.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A fault with the whole file (it can't be read, say).
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            position: None,
+            key: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(formatter, ":{line}:{column}")?;
+        }
+        if !self.key.is_empty() {
+            write!(formatter, ": {}", self.key)?;
+        }
+        write!(formatter, ": {}", self.message)
+    }
+}
+
+/// Builds [`ConfigError`]s for one file's text.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// A fault at `span` in this file.
+    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            position: Some(self.line_column(span.start)),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A fault at a spanned value.
+    pub fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        self.error(value.span(), key, message)
+    }
+
+    /// 1-based line and column (in characters) of byte `offset`.
+    pub fn line_column(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    /// A TOML syntax or type error, with the key path of the value it points at.
+    pub fn from_toml(&self, error: &toml::de::Error) -> ConfigError {
+        let message = rephrase(error.message().trim());
+        match error.span() {
+            Some(span) => {
+                let key = key_path(self.text, span.start).unwrap_or_default();
+                self.error(span, key, message)
+            }
+            None => ConfigError::file(self.file, message),
+        }
+    }
+}
+
+/// serde says "invalid type: integer `3`, expected a sequence"; the house style is
+/// "expected a list, found integer `3`".
+fn rephrase(message: &str) -> String {
+    let message = message
+        .replace("a sequence", "a list")
+        .replace("a map", "a table")
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key");
+    match message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        Some((found, expected)) => format!("expected {expected}, found {found}"),
+        None => message,
+    }
+}
+
+/// The dotted key path (`route[3].alpn[1]`) of the innermost key or value around `offset`, if
+/// the document parses.
+fn key_path(text: &str, offset: usize) -> Option<String> {
+    let document = DeTable::parse(text).ok()?;
+    let mut path = String::new();
+    walk_table(document.get_ref(), offset, &mut path);
+    Some(path)
+}
+
+fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut String) {
+    for (key, value) in table {
+        let on_key = key.span().contains(&offset);
+        if on_key || value.span().contains(&offset) || contains_deep(value, offset) {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(key.get_ref());
+            if !on_key {
+                walk_value(value, offset, path);
+            }
+            return;
+        }
+    }
+}
+
+fn walk_value(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut String) {
+    match value.get_ref() {
+        DeValue::Table(table) => walk_table(table, offset, path),
+        DeValue::Array(array) => {
+            if let Some(index) = array.iter().position(|item| contains_deep(item, offset)) {
+                path.push_str(&format!("[{index}]"));
+                walk_value(&array[index], offset, path);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether `offset` falls inside `value`, or inside any key or value it holds (a table's own
+/// span does not always cover the keys under its header).
+fn contains_deep(value: &Spanned<DeValue<'_>>, offset: usize) -> bool {
+    if value.span().contains(&offset) {
+        return true;
+    }
+    match value.get_ref() {
+        DeValue::Table(table) => table
+            .iter()
+            .any(|(key, value)| key.span().contains(&offset) || contains_deep(value, offset)),
+        DeValue::Array(array) => array.iter().any(|item| contains_deep(item, offset)),
+        _ => false,
+    }
+}

@@ -1,0 +1,416 @@
+//! routes.toml: parsed into validated domain types, or refused with one located fault.
+//!
+//! [`load`] is the one way in: start-up, `check`, `explain` and the demo all use it, so a fault
+//! reads the same everywhere. Parse, don't validate: what [`Config::from_raw`] returns has its
+//! defaults applied and its invariants checked (names normalised, durations above zero, one
+//! backend per route, no two routes that tie). It does no DNS and no I/O beyond reading the file.
+//! SPEC "routes.toml".
+
+mod error;
+mod raw;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::ConfigError;
+use error::Source;
+use raw::{RawConfig, RawDefault, RawRoute};
+use toml::{Spanned, Value};
+
+use crate::name::{NamePattern, ServerName};
+
+/// Route name used for `[default]` in logs.
+pub const DEFAULT_ROUTE_NAME: &str = "default";
+/// Route label for connections that matched no route.
+pub const NO_ROUTE_NAME: &str = "none";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Sockets to accept TLS connections on, in file order.
+    pub listeners: Vec<Listen>,
+    /// Time limits.
+    pub timeouts: Timeouts,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Where hellos with no name, or a name no route matches, go; `None`: they get an
+    /// `unrecognized_name` alert.
+    pub default: Option<Route>,
+}
+
+/// One `[[listen]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Address and port to bind.
+    pub address: SocketAddr,
+    /// Where `address` is written in routes.toml, to name it if it can't be bound.
+    pub position: (usize, usize),
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole ClientHello must arrive within this, from accept. Default 10 s; past it the
+    /// connection is closed (outcome `hello_timeout`).
+    pub client_hello: Duration,
+    /// Backend TCP connect, DNS included. Default 5 s; past it the client gets an
+    /// `internal_error` alert (outcome `connect_timeout`).
+    pub connect: Duration,
+    /// No byte in either direction for this long closes a spliced connection. Default 1 h.
+    pub idle: Duration,
+    /// On shutdown, how long spliced connections may go on. Default 30 s.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_hello: Duration::from_secs(10),
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(3600),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most, across listeners. Default 50,000; past it new connections are
+    /// closed at once (outcome `over_limit`).
+    pub max_connections: usize,
+    /// Bytes of ClientHello at most, record headers included, across records. Default 65,536;
+    /// a longer hello is refused (outcome `hello_too_large`).
+    pub max_client_hello: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 50_000,
+            max_client_hello: 65_536,
+        }
+    }
+}
+
+/// The bounds `[limits]` values must fall within.
+const MAX_CONNECTIONS: Range<i64> = 1..10_000_001;
+const MAX_CLIENT_HELLO: Range<i64> = 512..16_777_217;
+
+/// One `[[route]]` (or `[default]`, with no `sni`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Label in logs: `name`, or the sni pattern plus `/alpn,list` when there is one.
+    pub name: String,
+    /// The names this route matches; `None` for `[default]`.
+    pub sni: Option<NamePattern>,
+    /// ALPN protocols, any of which the client must offer for the route to match; empty: no
+    /// condition.
+    pub alpn: Vec<Box<[u8]>>,
+    /// Where the connection goes.
+    pub backend: Backend,
+    /// Line of the route's table in routes.toml, for `check` and `explain`.
+    pub line: usize,
+}
+
+/// A backend address: an IP and port, or a host name resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A host name (resolved on each connect) and port.
+    Host(ServerName, u16),
+}
+
+impl Backend {
+    fn parse(raw: &str) -> Result<Self, String> {
+        if let Ok(addr) = raw.parse() {
+            return Ok(Self::Addr(addr));
+        }
+        let expected = || format!("expected host:port, found \"{}\"", raw.escape_debug());
+        let (host, port) = raw.rsplit_once(':').ok_or_else(expected)?;
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        if port == 0 || host.contains(':') {
+            return Err(expected());
+        }
+        let host = ServerName::parse(host.as_bytes()).map_err(|error| format!("{}: {error}", expected()))?;
+        Ok(Self::Host(host, port))
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(formatter, "{addr}"),
+            Self::Host(host, port) => write!(formatter, "{host}:{port}"),
+        }
+    }
+}
+
+/// Reads, parses and validates the config at `path`.
+///
+/// # Errors
+/// The first fault in file order, naming `path` and, where it has one, the line and key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::file(path, format!("cannot read: {error}")))?;
+    Config::parse(path, &text)
+}
+
+impl Config {
+    /// Parses and validates `text`; `file` is only used to name it in errors.
+    ///
+    /// # Errors
+    /// As [`load`].
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let source = Source { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|error| source.from_toml(&error))?;
+        Self::from_raw(source, raw)
+    }
+
+    fn from_raw(source: Source<'_>, raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut listeners = Vec::new();
+        if raw.listen.is_empty() {
+            return Err(source.error(0..0, "listen", "expected at least one [[listen]] table"));
+        }
+        for (index, listen) in raw.listen.iter().enumerate() {
+            let key = format!("listen[{index}]");
+            let listen_table = listen.get_ref();
+            unsupported(source, &key, "proxy_protocol", &listen_table.proxy_protocol)?;
+            if let Some(protocol) = &listen_table.protocol {
+                match protocol.get_ref().as_str() {
+                    "tcp" => {}
+                    "quic" => return Err(source.at(protocol, format!("{key}.protocol"), "quic is not supported yet")),
+                    other => {
+                        return Err(source.at(protocol, format!("{key}.protocol"), format!("expected \"tcp\", found \"{}\"", other.escape_debug())))
+                    }
+                }
+            }
+            let address = &listen_table.address;
+            let addr: SocketAddr = address.get_ref().parse().map_err(|_| {
+                source.at(
+                    address,
+                    format!("{key}.address"),
+                    format!("expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"", address.get_ref().escape_debug()),
+                )
+            })?;
+            if let Some(earlier) = listeners.iter().position(|other: &Listen| other.address == addr && addr.port() != 0) {
+                return Err(source.at(address, format!("{key}.address"), format!("same address as listen[{earlier}]")));
+            }
+            listeners.push(Listen {
+                address: addr,
+                position: source.line_column(address.span().start),
+            });
+        }
+
+        if let Some(metrics) = &raw.metrics {
+            return Err(source.at(metrics, "metrics", "not supported yet"));
+        }
+        let timeouts = timeouts(source, &raw.timeouts)?;
+        let limits = limits(source, &raw.limits)?;
+
+        let mut routes = Vec::with_capacity(raw.route.len());
+        for (index, route) in raw.route.iter().enumerate() {
+            routes.push(route_from_raw(source, index, route)?);
+        }
+        check_routes(source, &raw.route, &routes)?;
+
+        let default = raw.default.as_ref().map(|default| default_from_raw(source, default)).transpose()?;
+        Ok(Self {
+            listeners,
+            timeouts,
+            limits,
+            routes,
+            default,
+        })
+    }
+}
+
+fn unsupported(source: Source<'_>, table: &str, key: &str, value: &Option<Spanned<Value>>) -> Result<(), ConfigError> {
+    match value {
+        Some(value) => Err(source.at(value, format!("{table}.{key}"), "not supported yet")),
+        None => Ok(()),
+    }
+}
+
+fn timeouts(source: Source<'_>, raw: &raw::RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let defaults = Timeouts::default();
+    let duration = |value: &Option<Spanned<String>>, key: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(value) => match humantime::parse_duration(value.get_ref()) {
+            Ok(duration) if !duration.is_zero() => Ok(duration),
+            Ok(_) => Err(source.at(value, format!("timeouts.{key}"), "expected a duration above zero")),
+            Err(_) => Err(source.at(
+                value,
+                format!("timeouts.{key}"),
+                format!("expected a duration like \"10s\" or \"500ms\", found \"{}\"", value.get_ref().escape_debug()),
+            )),
+        },
+    };
+    Ok(Timeouts {
+        client_hello: duration(&raw.client_hello, "client_hello", defaults.client_hello)?,
+        connect: duration(&raw.connect, "connect", defaults.connect)?,
+        idle: duration(&raw.idle, "idle", defaults.idle)?,
+        drain: duration(&raw.drain, "drain", defaults.drain)?,
+    })
+}
+
+fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let bounded = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: usize| match value {
+        None => Ok(default),
+        Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref() as usize),
+        Some(value) => Err(source.at(
+            value,
+            format!("limits.{key}"),
+            format!("expected {} to {}, found {}", range.start, range.end - 1, value.get_ref()),
+        )),
+    };
+    if let Some(value) = &raw.max_pending_per_ip {
+        return Err(source.at(value, "limits.max_pending_per_ip", "not supported yet"));
+    }
+    Ok(Limits {
+        max_connections: bounded(&raw.max_connections, "max_connections", MAX_CONNECTIONS, defaults.max_connections)?,
+        max_client_hello: bounded(&raw.max_client_hello, "max_client_hello", MAX_CLIENT_HELLO, defaults.max_client_hello)?,
+    })
+}
+
+/// The keys a route and `[default]` share: where the traffic goes.
+struct RawTargetRef<'a> {
+    backend: &'a Option<Spanned<String>>,
+    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 5],
+}
+
+impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
+    fn from(raw: &'a RawRoute) -> Self {
+        Self {
+            backend: &raw.backend,
+            unsupported: [
+                ("backends", &raw.backends),
+                ("balance", &raw.balance),
+                ("proxy_protocol", &raw.proxy_protocol),
+                ("terminate", &raw.terminate),
+                ("backend_tls", &raw.backend_tls),
+            ],
+        }
+    }
+}
+
+impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
+    fn from(raw: &'a RawDefault) -> Self {
+        Self {
+            backend: &raw.backend,
+            unsupported: [
+                ("backends", &raw.backends),
+                ("balance", &raw.balance),
+                ("proxy_protocol", &raw.proxy_protocol),
+                ("terminate", &raw.terminate),
+                ("backend_tls", &raw.backend_tls),
+            ],
+        }
+    }
+}
+
+fn backend(source: Source<'_>, key: &str, table: Range<usize>, target: RawTargetRef<'_>) -> Result<Backend, ConfigError> {
+    for (name, value) in target.unsupported {
+        unsupported(source, key, name, value)?;
+    }
+    let backend = target
+        .backend
+        .as_ref()
+        .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
+    Backend::parse(backend.get_ref()).map_err(|message| source.at(backend, format!("{key}.backend"), message))
+}
+
+fn route_from_raw(source: Source<'_>, index: usize, spanned: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
+    let key = format!("route[{index}]");
+    let raw = spanned.get_ref();
+    let sni = NamePattern::parse(raw.sni.get_ref()).map_err(|error| source.at(&raw.sni, format!("{key}.sni"), format!("\"{}\": {error}", raw.sni.get_ref().escape_debug())))?;
+    let mut alpn = Vec::new();
+    if let Some(list) = &raw.alpn {
+        if list.get_ref().is_empty() {
+            return Err(source.at(list, format!("{key}.alpn"), "expected at least one protocol"));
+        }
+        for (position, protocol) in list.get_ref().iter().enumerate() {
+            let bytes = protocol.get_ref().as_bytes();
+            if bytes.is_empty() || bytes.len() > 255 {
+                return Err(source.at(protocol, format!("{key}.alpn[{position}]"), "expected a protocol name of 1 to 255 bytes"));
+            }
+            alpn.push(Box::from(bytes));
+        }
+    }
+    let backend = backend(source, &key, spanned.span(), raw.into())?;
+    let name = match &raw.name {
+        Some(name) => {
+            let text = name.get_ref();
+            if text.is_empty() || text.chars().any(char::is_control) {
+                return Err(source.at(name, format!("{key}.name"), "expected a non-empty name without control characters"));
+            }
+            if text == DEFAULT_ROUTE_NAME || text == NO_ROUTE_NAME {
+                return Err(source.at(name, format!("{key}.name"), format!("\"{text}\" is reserved")));
+            }
+            text.clone()
+        }
+        None if alpn.is_empty() => sni.to_string(),
+        None => {
+            let list: Vec<&str> = raw.alpn.iter().flat_map(|list| list.get_ref().iter().map(|p| p.get_ref().as_str())).collect();
+            format!("{sni}/{}", list.join(","))
+        }
+    };
+    Ok(Route {
+        name,
+        sni: Some(sni),
+        alpn,
+        backend,
+        line: source.line_column(spanned.span().start).0,
+    })
+}
+
+fn default_from_raw(source: Source<'_>, spanned: &Spanned<RawDefault>) -> Result<Route, ConfigError> {
+    let backend = backend(source, "default", spanned.span(), spanned.get_ref().into())?;
+    Ok(Route {
+        name: DEFAULT_ROUTE_NAME.to_owned(),
+        sni: None,
+        alpn: Vec::new(),
+        backend,
+        line: source.line_column(spanned.span().start).0,
+    })
+}
+
+/// Refuses two routes that could match the same ClientHello equally well (same pattern, and
+/// either both without `alpn` or with a protocol in common), and two routes with one name.
+/// Reported at the later route, naming the earlier.
+fn check_routes(source: Source<'_>, raw: &[Spanned<RawRoute>], routes: &[Route]) -> Result<(), ConfigError> {
+    let mut by_pattern: HashMap<&NamePattern, Vec<usize>> = HashMap::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (index, route) in routes.iter().enumerate() {
+        let Some(pattern) = &route.sni else { continue };
+        let same_pattern = by_pattern.entry(pattern).or_default();
+        for &earlier in same_pattern.iter() {
+            let other = &routes[earlier];
+            let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
+                (true, true) => Some("same name as"),
+                (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => Some("same name and overlapping alpn as"),
+                _ => None,
+            };
+            if let Some(what) = tie {
+                return Err(source.at(&raw[index].get_ref().sni, format!("route[{index}].sni"), format!("{what} route[{earlier}] (line {})", other.line)));
+            }
+        }
+        same_pattern.push(index);
+        if let Some(earlier) = by_name.insert(&route.name, index) {
+            let at = raw[index].get_ref().name.as_ref().map_or(raw[index].get_ref().sni.span(), Spanned::span);
+            return Err(source.error(at, format!("route[{index}].name"), format!("same name \"{}\" as route[{earlier}] (line {})", route.name, routes[earlier].line)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! The serde mirror of routes.toml: every table refuses unknown keys, and values a later check
+//! may reject keep their span so the error can name the line.
+//!
+//! Keys that a later release builds are accepted here as any value, so that
+//! [`super::Config::from_raw`] can refuse them by name ("not supported yet") instead of serde
+//! calling them unknown.
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub listen: Vec<Spanned<RawListen>>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    pub metrics: Option<Spanned<Value>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+    pub default: Option<Spanned<RawDefault>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub address: Spanned<String>,
+    pub protocol: Option<Spanned<String>>,
+    pub proxy_protocol: Option<Spanned<Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub client_hello: Option<Spanned<String>>,
+    pub connect: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    pub drain: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_client_hello: Option<Spanned<i64>>,
+    pub max_pending_per_ip: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub sni: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    pub backend: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Value>>,
+    pub balance: Option<Spanned<Value>>,
+    pub proxy_protocol: Option<Spanned<Value>>,
+    pub terminate: Option<Spanned<Value>>,
+    pub backend_tls: Option<Spanned<Value>>,
+}
+
+/// `[default]`: a route's target keys without `sni`, `name` or `alpn`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefault {
+    pub backend: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Value>>,
+    pub balance: Option<Spanned<Value>>,
+    pub proxy_protocol: Option<Spanned<Value>>,
+    pub terminate: Option<Spanned<Value>>,
+    pub backend_tls: Option<Spanned<Value>>,
+}

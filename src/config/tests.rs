@@ -1,0 +1,123 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("routes.toml"), text)
+}
+
+fn error_line(text: &str) -> String {
+    parse(text).expect_err("config should be refused").to_string()
+}
+
+const LISTEN: &str = "[[listen]]\naddress = \"127.0.0.1:8443\"\n";
+
+#[test]
+fn a_minimal_config_gets_the_defaults() {
+    let config = parse(&format!("{LISTEN}[[route]]\nsni = \"A.example.com.\"\nbackend = \"127.0.0.1:9001\"\n")).unwrap();
+    assert_eq!(config.timeouts, Timeouts::default());
+    assert_eq!(config.limits, Limits::default());
+    assert_eq!(config.routes[0].name, "a.example.com");
+    assert_eq!(config.routes[0].line, 3);
+    assert_eq!(config.default, None);
+}
+
+#[test]
+fn faults_name_file_line_column_and_key() {
+    let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n");
+    let cases = [
+        (format!("{route}alpn = 3\n"), "routes.toml:6:8: route[0].alpn: expected a list, found integer `3`"),
+        (format!("{route}alpn = [\"h2\", 3]\n"), "routes.toml:6:15: route[0].alpn[1]: expected a string, found integer `3`"),
+        (format!("{route}alpn = []\n"), "routes.toml:6:8: route[0].alpn: expected at least one protocol"),
+        (format!("{route}alpn = [\"\"]\n"), "routes.toml:6:9: route[0].alpn[0]: expected a protocol name of 1 to 255 bytes"),
+        (format!("{LISTEN}[[route]]\nsni = \"a.test\"\n"), "routes.toml:3:1: route[0]: missing key `backend`"),
+        (format!("{LISTEN}[[route]]\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:3:1: route[0]: missing key `sni`"),
+        (format!("{LISTEN}[timeouts]\nidle = 5\n"), "routes.toml:4:8: timeouts.idle: expected a string, found integer `5`"),
+        (format!("{LISTEN}[timeouts]\nidle = \"soon\"\n"), "routes.toml:4:8: timeouts.idle: expected a duration like \"10s\" or \"500ms\", found \"soon\""),
+        (format!("{LISTEN}[timeouts]\nconnect = \"0s\"\n"), "routes.toml:4:11: timeouts.connect: expected a duration above zero"),
+        (format!("{LISTEN}[limits]\nmax_client_hello = 100\n"), "routes.toml:4:20: limits.max_client_hello: expected 512 to 16777216, found 100"),
+        (format!("{LISTEN}[[route]]\nsni = \"a.test\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:14: invalid basic string, expected `\"`"),
+        (format!("{route}[[route]]\nsni = \"A.test.\"\nbackend = \"127.0.0.1:2\"\n"), "routes.toml:7:7: route[1].sni: same name as route[0] (line 3)"),
+        (format!("{route}sni = \"*.a.test\"\n"), "routes.toml:6:1: duplicate key"),
+        (format!("{route}bogus = 1\n"), "routes.toml:6:1: route[0].bogus: unknown key `bogus`, expected one of `sni`, `name`, `alpn`, `backend`, `backends`, `balance`, `proxy_protocol`, `terminate`, `backend_tls`"),
+        (format!("{LISTEN}[[route]]\nsni = \"a.*.test\"\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:7: route[0].sni: \"a.*.test\": a wildcard must be the whole first label, as in *.example.com"),
+        (format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"nowhere\"\n"), "routes.toml:5:11: route[0].backend: expected host:port, found \"nowhere\""),
+        ("[[listen]]\naddress = \"localhost\"\n".to_owned(), "routes.toml:2:11: listen[0].address: expected an address like 127.0.0.1:8443 or [::1]:8443, found \"localhost\""),
+        (format!("{LISTEN}[[listen]]\naddress = \"127.0.0.1:8443\"\n"), "routes.toml:4:11: listen[1].address: same address as listen[0]"),
+        ("[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n".to_owned(), "routes.toml:1:1: listen: expected at least one [[listen]] table"),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_line(&text), expected, "{text}");
+    }
+}
+
+#[test]
+fn overlapping_alpn_for_one_name_is_refused_at_the_later_route() {
+    let text = format!(
+        "{LISTEN}[[route]]\nsni = \"api.test\"\nalpn = [\"h2\"]\nbackend = \"127.0.0.1:1\"\n\
+         [[route]]\nsni = \"api.test\"\nbackend = \"127.0.0.1:2\"\n\
+         [[route]]\nsni = \"api.test\"\nalpn = [\"http/1.1\", \"h2\"]\nbackend = \"127.0.0.1:3\"\n"
+    );
+    assert_eq!(
+        error_line(&text),
+        "routes.toml:11:7: route[2].sni: same name and overlapping alpn as route[0] (line 3)"
+    );
+}
+
+#[test]
+fn keys_of_later_releases_are_refused_by_name() {
+    let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n");
+    let cases = [
+        (format!("{route}terminate = {{ cert = \"x\" }}\n"), "routes.toml:6:13: route[0].terminate: not supported yet"),
+        (format!("{route}proxy_protocol = \"v2\"\n"), "routes.toml:6:18: route[0].proxy_protocol: not supported yet"),
+        (format!("{route}backends = [\"127.0.0.1:2\"]\n"), "routes.toml:6:12: route[0].backends: not supported yet"),
+        (format!("{route}balance = \"round_robin\"\n"), "routes.toml:6:11: route[0].balance: not supported yet"),
+        (format!("{route}backend_tls = {{ ca = \"x\" }}\n"), "routes.toml:6:15: route[0].backend_tls: not supported yet"),
+        (format!("{route}[metrics]\naddress = \"127.0.0.1:9100\"\n"), "routes.toml:6:1: metrics: not supported yet"),
+        (format!("{route}[limits]\nmax_pending_per_ip = 4\n"), "routes.toml:7:22: limits.max_pending_per_ip: not supported yet"),
+        (format!("{route}[default]\nbackend = \"127.0.0.1:9\"\nproxy_protocol = \"v1\"\n"), "routes.toml:8:18: default.proxy_protocol: not supported yet"),
+        (format!("{LISTEN}protocol = \"quic\"\n"), "routes.toml:3:12: listen[0].protocol: quic is not supported yet"),
+        (format!("{LISTEN}proxy_protocol = {{ trusted = [] }}\n"), "routes.toml:3:18: listen[0].proxy_protocol: not supported yet"),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_line(&text), expected, "{text}");
+    }
+}
+
+#[test]
+fn route_names_default_to_the_pattern_and_alpn_and_must_be_unique() {
+    let text = format!(
+        "{LISTEN}[[route]]\nsni = \"*.Tenants.test\"\nbackend = \"backend.internal:443\"\n\
+         [[route]]\nsni = \"api.test\"\nalpn = [\"h2\", \"http/1.1\"]\nbackend = \"[::1]:9003\"\n\
+         [default]\nbackend = \"127.0.0.1:9000\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.routes[0].name, "*.tenants.test");
+    assert_eq!(config.routes[0].backend.to_string(), "backend.internal:443");
+    assert_eq!(config.routes[1].name, "api.test/h2,http/1.1");
+    assert_eq!(config.routes[1].backend.to_string(), "[::1]:9003");
+    assert_eq!(config.default.unwrap().name, DEFAULT_ROUTE_NAME);
+
+    let twice = format!(
+        "{LISTEN}[[route]]\nsni = \"a.test\"\nname = \"app\"\nbackend = \"127.0.0.1:1\"\n\
+         [[route]]\nsni = \"b.test\"\nname = \"app\"\nbackend = \"127.0.0.1:2\"\n"
+    );
+    assert_eq!(error_line(&twice), "routes.toml:9:8: route[1].name: same name \"app\" as route[0] (line 3)");
+    let reserved = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nname = \"none\"\nbackend = \"127.0.0.1:1\"\n");
+    assert_eq!(error_line(&reserved), "routes.toml:5:8: route[0].name: \"none\" is reserved");
+}
+
+#[test]
+fn an_unreadable_file_is_named() {
+    let error = load(Path::new("/nonexistent/routes.toml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "/nonexistent/routes.toml: cannot read: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn the_repository_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+    load(&path).unwrap();
+}

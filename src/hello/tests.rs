@@ -1,0 +1,326 @@
+use proptest::prelude::*;
+use tls_parser::TlsAlertDescription;
+
+use super::synth::{frame, reframe, ClientHelloBuilder};
+use super::*;
+use crate::name::NameError;
+
+const LIMIT: usize = 65536;
+
+fn capture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/data/hello/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+fn feed_whole(stream: &[u8]) -> Progress {
+    Peeker::new(LIMIT).feed(stream)
+}
+
+/// Feeds `stream` cut at `cuts` (offsets, ascending), the way TCP segments would arrive, and
+/// returns the first answer that is not NeedMore (or NeedMore if none is).
+fn feed_in_chunks(stream: &[u8], cuts: &[usize]) -> Progress {
+    let mut peeker = Peeker::new(LIMIT);
+    for &cut in cuts.iter().chain([&stream.len()]) {
+        match peeker.feed(&stream[..cut]) {
+            Progress::NeedMore => {}
+            done => return done,
+        }
+    }
+    Progress::NeedMore
+}
+
+fn hello(progress: Progress) -> ClientHello {
+    match progress {
+        Progress::Hello(hello) => hello,
+        other => panic!("expected a hello, got {other:?}"),
+    }
+}
+
+fn rejection(stream: &[u8]) -> HelloError {
+    match feed_whole(stream) {
+        Progress::Reject(error) => error,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+/// The same hello with the framing facts blanked, to compare hellos framed differently.
+fn content(mut hello: ClientHello) -> ClientHello {
+    hello.records = 0;
+    hello.wire_len = 0;
+    hello
+}
+
+const CAPTURES: &[(&str, Option<&str>, &str)] = &[
+    ("curl-openssl3.bin", Some("curl.capture.test"), "h2,http/1.1"),
+    ("openssl-s_client.bin", Some("openssl.capture.test"), "h2,http/1.1"),
+    ("python-ssl.bin", Some("python.capture.test"), "h2,http/1.1"),
+    ("no-sni-openssl.bin", None, ""),
+    ("curl-to-ip-address.bin", None, "h2,http/1.1"),
+    ("ip-literal-sni-openssl.bin", Some("192.0.2.7"), ""),
+];
+
+#[test]
+fn captured_hellos_give_their_name_and_alpn() {
+    for &(file, server_name, alpn) in CAPTURES {
+        let hello = hello(feed_whole(&capture(file)));
+        assert_eq!(
+            hello.server_name.as_ref().map(ServerName::as_str),
+            server_name,
+            "{file}"
+        );
+        assert_eq!(hello.alpn.to_string(), alpn, "{file}");
+        assert!(hello.supported_versions.contains(&0x0304), "{file}");
+        assert!(!hello.cipher_suites.is_empty(), "{file}");
+        assert_eq!(hello.records, 1, "{file}");
+    }
+}
+
+#[test]
+fn captured_hellos_split_at_every_offset_give_the_same_hello() {
+    for &(file, ..) in CAPTURES {
+        let stream = capture(file);
+        let whole = feed_whole(&stream);
+        for cut in 0..stream.len() {
+            assert_eq!(feed_in_chunks(&stream, &[cut]), whole, "{file} cut at {cut}");
+        }
+        let every_byte: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(feed_in_chunks(&stream, &every_byte), whole, "{file} byte by byte");
+    }
+}
+
+#[test]
+fn captured_hellos_reframed_into_many_records_give_the_same_hello() {
+    for &(file, ..) in CAPTURES {
+        let stream = capture(file);
+        let whole = content(hello(feed_whole(&stream)));
+        for records in 1..=12 {
+            let reframed = reframe(&stream, records).unwrap();
+            let every_byte: Vec<usize> = (1..reframed.len()).collect();
+            let parsed = hello(feed_in_chunks(&reframed, &every_byte));
+            assert_eq!(parsed.records, records, "{file} in {records} records");
+            assert_eq!(parsed.wire_len, reframed.len());
+            assert_eq!(content(parsed), whole, "{file} in {records} records");
+        }
+    }
+}
+
+#[test]
+fn bytes_after_the_hello_are_left_for_the_caller() {
+    let mut stream = ClientHelloBuilder::new().server_name("a.test").record();
+    let hello_len = stream.len();
+    stream.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
+    let hello = hello(feed_whole(&stream));
+    assert_eq!(hello.wire_len, hello_len);
+}
+
+#[test]
+fn oversize_hellos_are_accepted_up_to_the_limit_across_records() {
+    let builder = ClientHelloBuilder::new().server_name("big.test").padding(40_000);
+    let stream = builder.record();
+    assert!(stream.len() > 40_000 && stream.len() < LIMIT);
+    let hello = hello(feed_whole(&stream));
+    assert_eq!(hello.records, 3);
+    assert_eq!(hello.server_name.unwrap().as_str(), "big.test");
+
+    let limit = stream.len() - 1;
+    assert_eq!(
+        Peeker::new(limit).feed(&stream),
+        Progress::Reject(HelloError::TooLarge { limit })
+    );
+}
+
+#[test]
+fn an_oversize_hello_is_refused_from_its_headers_before_its_body_arrives() {
+    let stream = ClientHelloBuilder::new().padding(20_000).record();
+    // The first record header plus the handshake header announce the size.
+    assert_eq!(
+        Peeker::new(4096).feed(&stream[..9]),
+        Progress::Reject(HelloError::TooLarge { limit: 4096 })
+    );
+}
+
+#[test]
+fn plain_text_is_refused_at_the_first_byte() {
+    assert_eq!(Peeker::new(LIMIT).feed(b"G"), Progress::Reject(HelloError::NotTls));
+    assert_eq!(rejection(b"GET / HTTP/1.1\r\n\r\n"), HelloError::NotTls);
+    assert_eq!(rejection(b"SSH-2.0-OpenSSH_9.2\r\n"), HelloError::NotTls);
+    assert_eq!(rejection(&[22, 0x47, 0x45]), HelloError::NotTls);
+}
+
+#[test]
+fn sslv2_hellos_are_refused_from_the_header() {
+    // SSLv2 CLIENT-HELLO: 2-byte length with the top bit set, message type 1, version 3.1.
+    let sslv2 = [0x80, 0x2e, 0x01, 0x03, 0x01, 0x00, 0x15];
+    assert_eq!(Peeker::new(LIMIT).feed(&sslv2[..2]), Progress::NeedMore);
+    assert_eq!(rejection(&sslv2), HelloError::Sslv2);
+    assert_eq!(HelloError::Sslv2.alert(), None);
+}
+
+#[test]
+fn other_record_types_are_refused_from_the_header() {
+    let alert_record = [21, 3, 3, 0, 2, 2, 40];
+    assert_eq!(
+        Peeker::new(LIMIT).feed(&alert_record[..2]),
+        Progress::Reject(HelloError::UnexpectedContentType(21))
+    );
+    assert_eq!(rejection(&[23, 3, 3, 0, 1, 0]), HelloError::UnexpectedContentType(23));
+}
+
+#[test]
+fn a_second_record_of_another_type_is_refused() {
+    let mut stream = frame(&ClientHelloBuilder::new().message(), 2);
+    let second = stream.iter().skip(5).position(|&b| b == 22).map(|_| ()).and(Some(()));
+    assert!(second.is_some());
+    // Turn the second record's content type into change_cipher_spec.
+    let first_len = usize::from(u16::from_be_bytes([stream[3], stream[4]]));
+    stream[5 + first_len] = 20;
+    assert_eq!(rejection(&stream), HelloError::UnexpectedContentType(20));
+}
+
+#[test]
+fn record_headers_out_of_bounds_are_refused_at_once() {
+    assert_eq!(rejection(&[22, 3, 1, 0x40, 0x01]), HelloError::RecordOverflow(16385));
+    assert_eq!(rejection(&[22, 3, 1, 0, 0]), HelloError::EmptyRecord);
+    assert_eq!(rejection(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), HelloError::NotClientHello(2));
+}
+
+#[test]
+fn malformed_names_are_refused() {
+    let cases: &[(&[u8], HelloError)] = &[
+        (b"", HelloError::BadServerName(NameError::Empty)),
+        (b"a\0b.test", HelloError::BadServerName(NameError::ControlByte)),
+        (b"a\x07.test", HelloError::BadServerName(NameError::ControlByte)),
+        (&[b'a'; 256], HelloError::BadServerName(NameError::TooLong)),
+    ];
+    for (name, error) in cases {
+        let stream = ClientHelloBuilder::new().server_name(name).record();
+        assert_eq!(rejection(&stream), *error, "{}", name.escape_ascii());
+        assert_eq!(error.alert(), Some(TlsAlertDescription::IllegalParameter));
+    }
+}
+
+#[test]
+fn two_host_names_are_refused() {
+    let stream = ClientHelloBuilder::new()
+        .server_name("a.test")
+        .server_name("b.test")
+        .record();
+    assert_eq!(rejection(&stream), HelloError::TwoServerNames);
+}
+
+#[test]
+fn a_second_server_name_extension_is_refused() {
+    let mut list = vec![0, 0, 6, 0, 0, 3];
+    list.extend_from_slice(b"b.t");
+    list[1] = 6;
+    let stream = ClientHelloBuilder::new()
+        .server_name("a.test")
+        .extension(0, &list)
+        .record();
+    assert_eq!(rejection(&stream), HelloError::DuplicateExtension(0));
+}
+
+#[test]
+fn alpn_faults_are_refused() {
+    let empty_protocol = ClientHelloBuilder::new().alpn(&["h2", ""]).record();
+    assert_eq!(rejection(&empty_protocol), HelloError::EmptyAlpnProtocol);
+    let none: [&str; 0] = [];
+    let empty_list = ClientHelloBuilder::new().alpn(&none).record();
+    assert_eq!(rejection(&empty_list), HelloError::Malformed("empty alpn list"));
+    let many: Vec<String> = (0..=MAX_ALPN_PROTOCOLS).map(|i| format!("p{i}")).collect();
+    let too_many = ClientHelloBuilder::new().alpn(&many).record();
+    assert_eq!(rejection(&too_many), HelloError::TooManyAlpnProtocols);
+    let bound = ClientHelloBuilder::new()
+        .alpn(&many[..MAX_ALPN_PROTOCOLS])
+        .record();
+    assert_eq!(hello(feed_whole(&bound)).alpn.iter().count(), MAX_ALPN_PROTOCOLS);
+}
+
+#[test]
+fn too_many_extensions_are_refused() {
+    let mut builder = ClientHelloBuilder::new();
+    for extension_type in 0..MAX_EXTENSIONS as u16 {
+        builder = builder.extension(0xff00 + extension_type, []);
+    }
+    assert_eq!(rejection(&builder.record()), HelloError::TooManyExtensions);
+}
+
+/// A hello whose extension block length overruns the message must not read as a hello without
+/// extensions (and so without SNI): that would route it to `[default]`.
+#[test]
+fn a_broken_extension_block_fails_closed() {
+    let mut message = ClientHelloBuilder::new().server_name("a.test").message();
+    // The extensions length sits after version, random, session id, suites and compression.
+    let at = 4 + 2 + 32 + 1 + 32 + 2 + 8 + 2;
+    let len = u16::from_be_bytes([message[at], message[at + 1]]);
+    message[at..at + 2].copy_from_slice(&(len + 1).to_be_bytes());
+    assert_eq!(
+        rejection(&frame(&message, 1)),
+        HelloError::Malformed("extensions length")
+    );
+
+    let mut message = ClientHelloBuilder::new().server_name("a.test").message();
+    let len = u16::from_be_bytes([message[at], message[at + 1]]);
+    message[at..at + 2].copy_from_slice(&(len - 1).to_be_bytes());
+    assert!(matches!(
+        rejection(&frame(&message, 1)),
+        HelloError::Malformed(_)
+    ));
+}
+
+#[test]
+fn a_server_name_list_with_trailing_bytes_is_refused() {
+    let mut list = vec![0, 0, 0, 0, 6];
+    list.extend_from_slice(b"a.test");
+    list.push(0xff);
+    let len = (list.len() - 2) as u16;
+    list[..2].copy_from_slice(&len.to_be_bytes());
+    let stream = ClientHelloBuilder::new().extension(0, &list).record();
+    assert_eq!(rejection(&stream), HelloError::Malformed("server_name entry"));
+}
+
+#[test]
+fn every_rejection_maps_to_its_alert() {
+    use TlsAlertDescription as Alert;
+    assert_eq!(HelloError::NotTls.alert(), None);
+    assert_eq!(HelloError::RecordOverflow(20000).alert(), Some(Alert::RecordOverflow));
+    assert_eq!(HelloError::NotClientHello(2).alert(), Some(Alert::UnexpectedMessage));
+    assert_eq!(HelloError::TooLarge { limit: 1 }.alert(), Some(Alert::DecodeError));
+    assert_eq!(HelloError::TwoServerNames.alert(), Some(Alert::IllegalParameter));
+}
+
+fn any_stream() -> impl Strategy<Value = Vec<u8>> {
+    let names = prop::sample::select(vec!["a.test", "B.Example.COM.", "", "x\0y"]);
+    let protocols = prop::collection::vec(prop::sample::select(vec!["h2", "http/1.1", ""]), 0..4);
+    (names, protocols, 0usize..3000, 1usize..8).prop_map(|(name, alpn, padding, records)| {
+        let mut builder = ClientHelloBuilder::new().padding(padding);
+        if !name.is_empty() {
+            builder = builder.server_name(name);
+        }
+        if !alpn.is_empty() {
+            builder = builder.alpn(&alpn);
+        }
+        frame(&builder.message(), records)
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_chunking_gives_the_whole_answer(
+        stream in any_stream(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..16),
+    ) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut.index(stream.len())).collect();
+        cuts.sort_unstable();
+        prop_assert_eq!(feed_in_chunks(&stream, &cuts), feed_whole(&stream));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_pass_the_limit(
+        stream in prop::collection::vec(any::<u8>(), 0..600),
+    ) {
+        if let Progress::Hello(hello) = Peeker::new(512).feed(&stream) {
+            prop_assert!(hello.wire_len <= 512);
+        }
+    }
+}

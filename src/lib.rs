@@ -1,0 +1,32 @@
+//! sniroute: a TLS front door that routes connections by the ClientHello's SNI and ALPN without
+//! decrypting, and splices bytes to the chosen backend.
+//!
+//! Architecture (→ what a module may use):
+//!
+//! ```text
+//! main.rs      parse args, cli::run, print one error line             → cli
+//! cli          clap types; run / check / explain / peek / demo        → all
+//! demo         in-process TLS backends and certificates for `demo`    → config, server
+//! name         ServerName, NamePattern                                → –
+//! hello        Peeker::feed -> Progress; record reassembly; alerts    → name
+//! config       routes.toml: raw serde mirror → validated Config       → name
+//! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name
+//! proxy        listener, conn, splice, alert, access_log              → hello, route, config
+//! server       bind, live table, reload, shutdown and drain           → proxy, config
+//! ```
+//!
+//! `name`, `hello`, `config` and `route` do no I/O and never import tokio: they are what the
+//! unit tests, proptests and fuzz targets exercise directly.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod hello;
+pub mod name;
+pub mod proxy;
+pub mod route;
+pub mod server;

@@ -1,0 +1,66 @@
+//! The access log: one line per connection, written when the connection's guard drops, so every
+//! exit path (a cancelled task included) logs exactly once. Target `sniroute::access`, INFO.
+
+use std::net::SocketAddr;
+
+use tokio::time::Instant;
+
+use super::{Outcome, Side};
+use crate::config::{Route, NO_ROUTE_NAME};
+use crate::hello::Alpn;
+use crate::name::ServerName;
+
+/// What is known of one connection so far; logged on drop.
+#[derive(Debug)]
+pub(super) struct AccessLog<'a> {
+    start: Instant,
+    client: SocketAddr,
+    pub(super) server_name: Option<ServerName>,
+    pub(super) alpn: Alpn,
+    pub(super) route: Option<&'a Route>,
+    pub(super) backend: Option<SocketAddr>,
+    pub(super) to_backend: u64,
+    pub(super) to_client: u64,
+    /// How it ended; a guard dropped before anyone says is a task cancelled by shutdown.
+    pub(super) outcome: (Outcome, Side),
+}
+
+impl AccessLog<'_> {
+    pub(super) fn new(client: SocketAddr) -> Self {
+        Self {
+            start: Instant::now(),
+            client,
+            server_name: None,
+            alpn: Alpn::default(),
+            route: None,
+            backend: None,
+            to_backend: 0,
+            to_client: 0,
+            outcome: (Outcome::Drained, Side::Internal),
+        }
+    }
+}
+
+impl Drop for AccessLog<'_> {
+    fn drop(&mut self) {
+        let (outcome, side) = self.outcome;
+        let sni = self.server_name.as_ref().map_or("-", ServerName::as_str);
+        let alpn = if self.alpn.is_empty() { "-".to_owned() } else { self.alpn.to_string() };
+        let route = self.route.map_or(NO_ROUTE_NAME, |route| &route.name);
+        let backend = self.backend.map_or_else(|| "-".to_owned(), |addr| addr.to_string());
+        tracing::info!(
+            target: "sniroute::access",
+            sni = sni,
+            client.addr = %self.client,
+            alpn = alpn,
+            route = route,
+            backend.addr = backend,
+            bytes.to_backend = self.to_backend,
+            bytes.to_client = self.to_client,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            outcome = outcome.as_str(),
+            side = %side,
+            "connection closed"
+        );
+    }
+}

@@ -1,0 +1,47 @@
+//! Sending a fatal TLS alert before closing, and closing without a reset.
+//!
+//! The alert goes out in a plaintext record (RFC 8446 §6: alerts before the handshake completes
+//! are not encrypted). Closing a socket that still has unread bytes makes the kernel send a
+//! reset, which can overtake the alert; so after the alert the write side is shut and the
+//! client's remaining bytes are read and dropped, bounded in time and size (a lingering close,
+//! as nginx does).
+
+use std::time::Duration;
+
+use tls_parser::TlsAlertDescription;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How long a closing connection may take to send its alert and drain the client.
+const LINGER: Duration = Duration::from_secs(1);
+/// How many of the client's bytes a lingering close reads at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// A fatal alert record: content type 21, version TLS 1.2 (what TLS 1.3 puts on the wire too),
+/// length 2, level fatal (2), description.
+pub(super) fn record(description: TlsAlertDescription) -> [u8; 7] {
+    [21, 3, 3, 0, 2, 2, description.0]
+}
+
+/// Sends `description` (if any) to `client`, then closes gracefully within [`LINGER`].
+pub(super) async fn close<S>(client: &mut S, description: Option<TlsAlertDescription>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let linger = async {
+        if let Some(description) = description {
+            client.write_all(&record(description)).await?;
+        }
+        client.shutdown().await?;
+        let mut drained = 0;
+        let mut scratch = [0u8; 1024];
+        while drained < LINGER_BYTES {
+            match client.read(&mut scratch).await? {
+                0 => break,
+                read => drained += read,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    // Errors and the deadline only end the courtesy early; the connection is closed either way.
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}

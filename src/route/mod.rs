@@ -1,0 +1,162 @@
+//! The route table: which route a ClientHello's server name and ALPN offer get, and why.
+//!
+//! Pure: no I/O. Built once per config (start-up, reload), then only read: a connection takes an
+//! `Arc` of the table at accept and keeps it. Lookup allocates nothing: exact names are one hash
+//! lookup, wildcards one hash lookup per label of the name (longest suffix first), so a table of
+//! any size costs the same per hello. SPEC "Matching".
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::config::{Config, Route};
+use crate::hello::Alpn;
+use crate::name::{NamePattern, ServerName};
+
+/// Routes by name, ready for lookup.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<Box<str>, Candidates>,
+    /// Keyed by the suffix with its leading dot (`.tenants.example.com`).
+    wildcards: HashMap<Box<str>, Candidates>,
+    default: Option<Route>,
+}
+
+/// The routes sharing one pattern: those with an `alpn` list (in file order) and at most one
+/// without (the config refuses two).
+#[derive(Debug, Default)]
+struct Candidates {
+    with_alpn: Vec<usize>,
+    without_alpn: Option<usize>,
+}
+
+/// The route a hello gets, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// The route, or `None`: the client gets an `unrecognized_name` alert.
+    pub route: Option<&'a Route>,
+    /// Why.
+    pub reason: Reason<'a>,
+}
+
+/// Why a [`Decision`] went the way it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'a> {
+    /// The route names the server name exactly; `protocol` is the offered protocol that met the
+    /// route's `alpn` list, if it has one.
+    Exact {
+        /// The offered protocol that matched, when the route has an `alpn` list.
+        protocol: Option<&'a [u8]>,
+    },
+    /// The route's wildcard is the longest suffix of the server name that matched.
+    Wildcard {
+        /// The offered protocol that matched, when the route has an `alpn` list.
+        protocol: Option<&'a [u8]>,
+    },
+    /// The hello carries no server name.
+    NoServerName,
+    /// No route matches the server name (and ALPN offer).
+    NoMatch,
+}
+
+impl RouteTable {
+    /// Indexes `config`'s routes. The config has already refused routes that tie.
+    pub fn new(config: &Config) -> Self {
+        let mut exact: HashMap<Box<str>, Candidates> = HashMap::new();
+        let mut wildcards: HashMap<Box<str>, Candidates> = HashMap::new();
+        for (index, route) in config.routes.iter().enumerate() {
+            let candidates = match &route.sni {
+                Some(NamePattern::Exact(name)) => exact.entry(name.as_str().into()).or_default(),
+                Some(NamePattern::Wildcard(suffix)) => wildcards.entry(suffix.clone()).or_default(),
+                None => continue,
+            };
+            if route.alpn.is_empty() {
+                candidates.without_alpn = Some(index);
+            } else {
+                candidates.with_alpn.push(index);
+            }
+        }
+        Self {
+            routes: config.routes.clone(),
+            exact,
+            wildcards,
+            default: config.default.clone(),
+        }
+    }
+
+    /// The route for a hello with this server name and ALPN offer: an exact name first, then the
+    /// wildcard with the longest suffix, then `[default]`. Among routes for one pattern, one whose
+    /// `alpn` list holds a protocol the client offers wins (the client's most preferred protocol
+    /// first) over the one with no `alpn`.
+    pub fn lookup(&self, server_name: Option<&ServerName>, offer: &Alpn) -> Decision<'_> {
+        let Some(name) = server_name else {
+            return self.fallback(Reason::NoServerName);
+        };
+        let name = name.as_str();
+        if let Some(candidates) = self.exact.get(name) {
+            if let Some((route, protocol)) = self.pick(candidates, offer) {
+                return Decision {
+                    route: Some(route),
+                    reason: Reason::Exact { protocol },
+                };
+            }
+        }
+        // Longest suffix first: cut the name after each of its dots, left to right.
+        for (dot, _) in name.match_indices('.').filter(|&(dot, _)| dot > 0) {
+            if let Some(candidates) = self.wildcards.get(&name[dot..]) {
+                if let Some((route, protocol)) = self.pick(candidates, offer) {
+                    return Decision {
+                        route: Some(route),
+                        reason: Reason::Wildcard { protocol },
+                    };
+                }
+            }
+        }
+        self.fallback(Reason::NoMatch)
+    }
+
+    /// The route among `candidates` for `offer`, and the protocol (from the route's own list,
+    /// so the decision borrows only the table) that made it match.
+    fn pick(&self, candidates: &Candidates, offer: &Alpn) -> Option<(&Route, Option<&[u8]>)> {
+        for protocol in offer.iter() {
+            for &index in &candidates.with_alpn {
+                let route = &self.routes[index];
+                if let Some(accepted) = route.alpn.iter().find(|accepted| ***accepted == *protocol) {
+                    return Some((route, Some(&**accepted)));
+                }
+            }
+        }
+        candidates.without_alpn.map(|index| (&self.routes[index], None))
+    }
+
+    fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
+        Decision {
+            route: self.default.as_ref(),
+            reason,
+        }
+    }
+
+    /// Every route, in file order, then `[default]`.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(&self.default)
+    }
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, protocol) = match self {
+            Self::Exact { protocol } => ("the exact name matched", protocol),
+            Self::Wildcard { protocol } => ("the longest matching wildcard", protocol),
+            Self::NoServerName => return formatter.write_str("the hello has no server name"),
+            Self::NoMatch => return formatter.write_str("no route matches the name"),
+        };
+        formatter.write_str(what)?;
+        match protocol {
+            Some(protocol) => write!(formatter, ", and the offered alpn {} is in its list", protocol.escape_ascii()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
