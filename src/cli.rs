@@ -4,7 +4,8 @@
 //! `Display` is the one line `main` prints before exiting with status 1.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Read, Write as _};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, Route};
 use crate::demo::{Pki, TlsBackend};
-use crate::hello::{Alpn, ClientHello, Peeker, Progress};
+use crate::hello::{alert_name, Alpn, ClientHello, Peeker, Progress};
 use crate::name::{NamePattern, ServerName};
 use crate::route::{Reason, RouteTable};
 use crate::server::{Server, Signal};
@@ -28,7 +29,12 @@ use crate::server::{Server, Signal};
 #[command(name = "sniroute", version)]
 pub struct Args {
     /// The config file.
-    #[arg(long, global = true, value_name = "PATH", default_value = "routes.toml")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "routes.toml"
+    )]
     config: PathBuf,
     /// Runtime worker threads [default: the number of cores].
     #[arg(long, global = true, value_name = "N")]
@@ -109,7 +115,12 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter);
     match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -118,7 +129,10 @@ fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runt
     if let Some(workers) = workers {
         builder.worker_threads(workers.get());
     }
-    builder.enable_all().build().context("cannot start the runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
 /// Binds, installs the signal handlers, then serves until SIGTERM or SIGINT.
@@ -131,8 +145,10 @@ async fn serve(path: &Path, config: &Config) -> anyhow::Result<()> {
 
 fn forward_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let (sender, receiver) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
@@ -163,118 +179,231 @@ fn in_match_order(config: &Config) -> Vec<&Route> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
-    println!("{}: ok", path.display());
+    let mut out = String::new();
+    writeln!(out, "{}: ok", path.display())?;
     for listen in &config.listeners {
-        println!("listen    {}", listen.address);
+        writeln!(out, "listen    {}", listen.address)?;
     }
     let timeouts = config.timeouts;
-    println!(
+    writeln!(
+        out,
         "timeouts  client_hello {}, connect {}, idle {}, drain {}",
         humantime::format_duration(timeouts.client_hello),
         humantime::format_duration(timeouts.connect),
         humantime::format_duration(timeouts.idle),
         humantime::format_duration(timeouts.drain)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "limits    max_connections {}, max_client_hello {}",
         config.limits.max_connections, config.limits.max_client_hello
-    );
-    println!("routes, in the order they match:");
+    )?;
+    writeln!(out, "routes, in the order they match:")?;
     let rows: Vec<[String; 5]> = in_match_order(&config)
         .into_iter()
         .map(|route| {
             [
                 route.line.to_string(),
                 route.name.clone(),
-                route.sni.as_ref().map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
+                route
+                    .sni
+                    .as_ref()
+                    .map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
                 alpn_list(route),
                 route.backend.to_string(),
             ]
         })
         .collect();
     let header = ["line", "name", "sni", "alpn", "backend"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5).map(|column| rows.iter().chain([&header]).map(|row| row[column].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|column| {
+            rows.iter()
+                .chain([&header])
+                .map(|row| row[column].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for row in [&header].into_iter().chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:width$}")).collect();
-        println!("  {}", cells.join("  ").trim_end());
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        writeln!(out, "  {}", cells.join("  ").trim_end())?;
     }
     if config.default.is_none() {
-        println!("no [default]: hellos without a name or with an unknown one get an unrecognized_name alert");
+        writeln!(out, "no [default]: hellos without a name or with an unknown one get an unrecognized_name alert")?;
     }
-    Ok(())
+    emit(&out)
+}
+
+/// Writes command output to stdout in one go; a reader that has gone away (`| head`) is not a
+/// fault.
+fn emit(out: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 fn alpn_list(route: &Route) -> String {
     if route.alpn.is_empty() {
         return "-".to_owned();
     }
-    let protocols: Vec<String> = route.alpn.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    let protocols: Vec<String> = route
+        .alpn
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
     protocols.join(",")
 }
 
 fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()> {
     let config = config::load(path)?;
     let server_name = sni
-        .map(|sni| ServerName::parse(sni.as_bytes()).with_context(|| format!("--sni \"{}\"", sni.escape_debug())))
+        .map(|sni| {
+            ServerName::parse(sni.as_bytes())
+                .with_context(|| format!("--sni \"{}\"", sni.escape_debug()))
+        })
         .transpose()?;
     let Some(offer) = Alpn::from_protocols(alpn) else {
         bail!("--alpn: expected protocol names of 1 to 255 bytes");
     };
     let table = RouteTable::new(&config);
     let decision = table.lookup(server_name.as_ref(), &offer);
-    println!("sni      {}", server_name.as_ref().map_or("(none)", ServerName::as_str));
-    println!("alpn     {}", if offer.is_empty() { "(none)".to_owned() } else { offer.to_string() });
+    let mut out = String::new();
+    writeln!(
+        out,
+        "sni      {}",
+        server_name.as_ref().map_or("(none)", ServerName::as_str)
+    )?;
+    writeln!(
+        out,
+        "alpn     {}",
+        if offer.is_empty() {
+            "(none)".to_owned()
+        } else {
+            offer.to_string()
+        }
+    )?;
     match decision.route {
         Some(route) => {
-            println!("route    {} (line {})", route.name, route.line);
-            println!("backend  {}", route.backend);
+            writeln!(out, "route    {} (line {})", route.name, route.line)?;
+            writeln!(out, "backend  {}", route.backend)?;
             match decision.reason {
-                Reason::NoServerName | Reason::NoMatch => println!("why      {}, so [default]", decision.reason),
-                _ => println!("why      {}", decision.reason),
+                Reason::NoServerName | Reason::NoMatch => {
+                    writeln!(out, "why      {}, so [default]", decision.reason)?
+                }
+                _ => writeln!(out, "why      {}", decision.reason)?,
             }
         }
         None => {
-            println!("route    none");
-            println!("why      {}, and there is no [default]: the client gets an unrecognized_name alert", decision.reason);
+            writeln!(out, "route    none")?;
+            writeln!(out, "why      {}, and there is no [default]: the client gets an unrecognized_name alert", decision.reason)?;
         }
     }
-    Ok(())
+    emit(&out)
 }
 
 fn peek(file: Option<&Path>) -> anyhow::Result<()> {
     let (label, bytes) = match file {
-        Some(path) => (path.display().to_string(), std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?),
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+        ),
         None => {
             let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).context("stdin: cannot read")?;
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("stdin: cannot read")?;
             ("stdin".to_owned(), bytes)
         }
     };
     let limit = config::Limits::default().max_client_hello.max(bytes.len());
     match Peeker::new(limit).feed(&bytes) {
-        Progress::Hello(hello) => print_hello(&hello),
+        Progress::Hello(hello) => emit(&describe_hello(&hello)?)?,
         Progress::NeedMore => bail!("{label}: incomplete client hello ({} bytes)", bytes.len()),
         Progress::Reject(error) => match error.alert() {
-            Some(alert) => bail!("{label}: rejected: {error} (alert {alert:?})"),
+            Some(alert) => bail!(
+                "{label}: rejected: {error} (alert {} ({}))",
+                alert_name(alert),
+                alert.0
+            ),
             None => bail!("{label}: rejected: {error} (closed without an alert)"),
         },
     }
     Ok(())
 }
 
-fn print_hello(hello: &ClientHello) {
-    let hex = |values: &[u16]| values.iter().map(|value| format!("{value:#06x}")).collect::<Vec<_>>().join(" ");
-    println!("server name           {}", hello.server_name.as_ref().map_or("(none)", ServerName::as_str));
-    println!("alpn                  {}", if hello.alpn.is_empty() { "(none)".to_owned() } else { hello.alpn.to_string() });
-    println!("records               {} ({} bytes)", hello.records, hello.wire_len);
-    println!("handshake message     {} bytes", hello.message_len);
-    println!("legacy version        {:#06x}", hello.legacy_version);
-    println!("supported versions    {}", hex(&hello.supported_versions));
-    println!("cipher suites ({:>2})    {}", hello.cipher_suites.len(), hex(&hello.cipher_suites));
+fn describe_hello(hello: &ClientHello) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    let hex = |values: &[u16]| {
+        values
+            .iter()
+            .map(|value| format!("{value:#06x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    writeln!(
+        out,
+        "server name           {}",
+        hello
+            .server_name
+            .as_ref()
+            .map_or("(none)", ServerName::as_str)
+    )?;
+    writeln!(
+        out,
+        "alpn                  {}",
+        if hello.alpn.is_empty() {
+            "(none)".to_owned()
+        } else {
+            hello.alpn.to_string()
+        }
+    )?;
+    writeln!(
+        out,
+        "records               {} ({} bytes)",
+        hello.records, hello.wire_len
+    )?;
+    writeln!(out, "handshake message     {} bytes", hello.message_len)?;
+    writeln!(out, "legacy version        {:#06x}", hello.legacy_version)?;
+    writeln!(
+        out,
+        "supported versions    {}",
+        hex(&hello.supported_versions)
+    )?;
+    writeln!(
+        out,
+        "cipher suites ({:>2})    {}",
+        hello.cipher_suites.len(),
+        hex(&hello.cipher_suites)
+    )?;
     let extensions: Vec<String> = hello.extensions.iter().map(u16::to_string).collect();
-    println!("extensions ({:>2})       {}", hello.extensions.len(), extensions.join(" "));
-    println!("supported groups      {}", hex(&hello.supported_groups));
-    println!("signature algorithms  {}", hex(&hello.signature_algorithms));
+    writeln!(
+        out,
+        "extensions ({:>2})       {}",
+        hello.extensions.len(),
+        extensions.join(" ")
+    )?;
+    writeln!(
+        out,
+        "supported groups      {}",
+        hex(&hello.supported_groups)
+    )?;
+    writeln!(
+        out,
+        "signature algorithms  {}",
+        hex(&hello.signature_algorithms)
+    )?;
+    Ok(out)
 }
 
 /// Where the demo's proxy listens, as the README and the example routes.toml say.
@@ -291,7 +420,9 @@ async fn demo() -> anyhow::Result<()> {
         let (config::Backend::Addr(address), Some(pattern)) = (&route.backend, &route.sni) else {
             continue;
         };
-        let entry = backends.entry(address.to_string()).or_insert((*address, Vec::new()));
+        let entry = backends
+            .entry(address.to_string())
+            .or_insert((*address, Vec::new()));
         entry.1.push(pattern.to_string());
     }
     for (label, (address, names)) in &backends {
@@ -301,14 +432,23 @@ async fn demo() -> anyhow::Result<()> {
             .with_context(|| format!("demo backend: cannot bind {address}"))?;
     }
     let ca_path = std::env::temp_dir().join(format!("sniroute-demo-{}-ca.pem", std::process::id()));
-    std::fs::write(&ca_path, pki.ca_pem()).with_context(|| format!("{}: cannot write", ca_path.display()))?;
+    std::fs::write(&ca_path, pki.ca_pem())
+        .with_context(|| format!("{}: cannot write", ca_path.display()))?;
 
     let server = Server::bind(path, &config).await?;
     let signals = forward_signals()?;
     let proxy = server.local_addrs()[0];
     let ca = ca_path.display();
-    println!("sniroute demo: the proxy listens on {proxy}; its TLS backends on {}.", backends.keys().cloned().collect::<Vec<_>>().join(" and "));
-    println!("Each name reaches its own backend, which answers with its name:\n");
+    let mut out = String::new();
+    writeln!(
+        out,
+        "sniroute demo: the proxy listens on {proxy}; its TLS backends on {}.",
+        backends.keys().cloned().collect::<Vec<_>>().join(" and ")
+    )?;
+    writeln!(
+        out,
+        "Each name reaches its own backend, which answers with its name:\n"
+    )?;
     let mut examples: Vec<String> = Vec::new();
     for route in &config.routes {
         match &route.sni {
@@ -319,10 +459,14 @@ async fn demo() -> anyhow::Result<()> {
     }
     examples.push("unknown.demo.test".to_owned());
     for name in &examples {
-        println!("  curl --cacert {ca} --connect-to {name}:{DEMO_PORT}:{proxy} https://{name}:{DEMO_PORT}/");
+        writeln!(out, "  curl --cacert {ca} --connect-to {name}:{DEMO_PORT}:{proxy} https://{name}:{DEMO_PORT}/")?;
     }
-    println!("\nThe last name matches no route: with no [default], the client gets a TLS unrecognized_name alert.");
-    println!("Ctrl-C stops the demo. The access log follows on stderr.\n");
+    writeln!(out, "\nThe last name matches no route: with no [default], the client gets a TLS unrecognized_name alert.")?;
+    writeln!(
+        out,
+        "Ctrl-C stops the demo. The access log follows on stderr.\n"
+    )?;
+    emit(&out)?;
     server.run(signals).await;
     let _ = std::fs::remove_file(&ca_path);
     Ok(())

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,8 +41,14 @@ impl Pki {
     pub fn new() -> Result<Self, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "sniroute demo CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sniroute demo CA");
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         Ok(Self {
             ca: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
         })
@@ -61,7 +69,10 @@ impl Pki {
     ///
     /// # Errors
     /// [`PkiError::Certificate`] for a name rcgen refuses.
-    pub fn issue(&self, names: &[String]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
+    pub fn issue(
+        &self,
+        names: &[String],
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
         let key = KeyPair::generate()?;
         let certificate = CertificateParams::new(names.to_vec())?.signed_by(&key, &self.ca)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -73,14 +84,21 @@ impl Pki {
     ///
     /// # Errors
     /// As [`Pki::issue`], or [`PkiError::Tls`].
-    pub fn server_config(&self, names: &[String], alpn: &[&str]) -> Result<Arc<ServerConfig>, PkiError> {
+    pub fn server_config(
+        &self,
+        names: &[String],
+        alpn: &[&str],
+    ) -> Result<Arc<ServerConfig>, PkiError> {
         let (certificate, key) = self.issue(names)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![certificate], key)?;
-        config.alpn_protocols = alpn.iter().map(|protocol| protocol.as_bytes().to_vec()).collect();
+        config.alpn_protocols = alpn
+            .iter()
+            .map(|protocol| protocol.as_bytes().to_vec())
+            .collect();
         Ok(Arc::new(config))
     }
 }
@@ -104,14 +122,20 @@ impl TlsBackend {
     ///
     /// # Errors
     /// The address can't be bound.
-    pub async fn start(address: SocketAddr, name: &str, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    pub async fn start(
+        address: SocketAddr,
+        name: &str,
+        config: Arc<ServerConfig>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let name: Arc<str> = name.into();
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 tokio::spawn(answer(stream, acceptor.clone(), name.clone()));
             }
         });
@@ -124,7 +148,8 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, name: Arc<str>) -> std
         let mut tls = acceptor.accept(stream).await?;
         let mut head = Vec::new();
         let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD
+        {
             match tls.read(&mut chunk).await? {
                 0 => break,
                 read => head.extend_from_slice(&chunk[..read]),
@@ -132,7 +157,10 @@ async fn answer(stream: TcpStream, acceptor: TlsAcceptor, name: Arc<str>) -> std
         }
         let connection = tls.get_ref().1;
         let sni = connection.server_name().unwrap_or("-");
-        let alpn = connection.alpn_protocol().map_or_else(|| "-".to_owned(), |p| String::from_utf8_lossy(p).into_owned());
+        let alpn = connection.alpn_protocol().map_or_else(
+            || "-".to_owned(),
+            |p| String::from_utf8_lossy(p).into_owned(),
+        );
         let body = format!("{name}: sni={sni} alpn={alpn}\n");
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

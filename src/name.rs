@@ -212,7 +212,11 @@ mod tests {
     #[test]
     fn stars_outside_the_first_label_are_refused() {
         for raw in ["*", "a.*.com", "*a.com", "*.*.com", "**.com"] {
-            assert_eq!(NamePattern::parse(raw), Err(NameError::BadWildcard), "{raw}");
+            assert_eq!(
+                NamePattern::parse(raw),
+                Err(NameError::BadWildcard),
+                "{raw}"
+            );
         }
     }
 }

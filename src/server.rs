@@ -64,7 +64,10 @@ impl Server {
 
     /// The bound addresses, in config order (the real ports where the config said `:0`).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|listener| listener.address).collect()
+        self.listeners
+            .iter()
+            .map(|listener| listener.address)
+            .collect()
     }
 
     /// Serves until [`Signal::Shutdown`] (or the end of `signals`), then drains: listeners
@@ -76,7 +79,12 @@ impl Server {
         let accept_loops = TaskTracker::new();
         for listener in self.listeners {
             tracing::info!(address = %listener.address, "listening");
-            accept_loops.spawn(listener.run(self.live.clone(), self.permits.clone(), connections.clone(), shutdown.clone()));
+            accept_loops.spawn(listener.run(
+                self.live.clone(),
+                self.permits.clone(),
+                connections.clone(),
+                shutdown.clone(),
+            ));
         }
         accept_loops.close();
         notify_ready();
@@ -97,7 +105,10 @@ impl Server {
         accept_loops.wait().await;
         shutdown.hellos.cancel();
         connections.close();
-        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
             shutdown.splices.cancel();
             connections.wait().await;
         }

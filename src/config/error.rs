@@ -56,7 +56,12 @@ pub(super) struct Source<'a> {
 
 impl Source<'_> {
     /// A fault at `span` in this file.
-    pub fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.to_owned(),
             position: Some(self.line_column(span.start)),
@@ -66,7 +71,12 @@ impl Source<'_> {
     }
 
     /// A fault at a spanned value.
-    pub fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.error(value.span(), key, message)
     }
 
@@ -79,7 +89,7 @@ impl Source<'_> {
     }
 
     /// A TOML syntax or type error, with the key path of the value it points at.
-    pub fn from_toml(&self, error: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let message = rephrase(error.message().trim());
         match error.span() {
             Some(span) => {

@@ -139,7 +139,8 @@ impl Backend {
         if port == 0 || host.contains(':') {
             return Err(expected());
         }
-        let host = ServerName::parse(host.as_bytes()).map_err(|error| format!("{}: {error}", expected()))?;
+        let host = ServerName::parse(host.as_bytes())
+            .map_err(|error| format!("{}: {error}", expected()))?;
         Ok(Self::Host(host, port))
     }
 }
@@ -170,7 +171,7 @@ impl Config {
     /// As [`load`].
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let source = Source { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|error| source.from_toml(&error))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|error| source.toml_error(&error))?;
         Self::from_raw(source, raw)
     }
 
@@ -186,9 +187,19 @@ impl Config {
             if let Some(protocol) = &listen_table.protocol {
                 match protocol.get_ref().as_str() {
                     "tcp" => {}
-                    "quic" => return Err(source.at(protocol, format!("{key}.protocol"), "quic is not supported yet")),
+                    "quic" => {
+                        return Err(source.at(
+                            protocol,
+                            format!("{key}.protocol"),
+                            "quic is not supported yet",
+                        ))
+                    }
                     other => {
-                        return Err(source.at(protocol, format!("{key}.protocol"), format!("expected \"tcp\", found \"{}\"", other.escape_debug())))
+                        return Err(source.at(
+                            protocol,
+                            format!("{key}.protocol"),
+                            format!("expected \"tcp\", found \"{}\"", other.escape_debug()),
+                        ))
                     }
                 }
             }
@@ -197,11 +208,21 @@ impl Config {
                 source.at(
                     address,
                     format!("{key}.address"),
-                    format!("expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"", address.get_ref().escape_debug()),
+                    format!(
+                        "expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"",
+                        address.get_ref().escape_debug()
+                    ),
                 )
             })?;
-            if let Some(earlier) = listeners.iter().position(|other: &Listen| other.address == addr && addr.port() != 0) {
-                return Err(source.at(address, format!("{key}.address"), format!("same address as listen[{earlier}]")));
+            if let Some(earlier) = listeners
+                .iter()
+                .position(|other: &Listen| other.address == addr && addr.port() != 0)
+            {
+                return Err(source.at(
+                    address,
+                    format!("{key}.address"),
+                    format!("same address as listen[{earlier}]"),
+                ));
             }
             listeners.push(Listen {
                 address: addr,
@@ -221,7 +242,11 @@ impl Config {
         }
         check_routes(source, &raw.route, &routes)?;
 
-        let default = raw.default.as_ref().map(|default| default_from_raw(source, default)).transpose()?;
+        let default = raw
+            .default
+            .as_ref()
+            .map(|default| default_from_raw(source, default))
+            .transpose()?;
         Ok(Self {
             listeners,
             timeouts,
@@ -232,7 +257,12 @@ impl Config {
     }
 }
 
-fn unsupported(source: Source<'_>, table: &str, key: &str, value: &Option<Spanned<Value>>) -> Result<(), ConfigError> {
+fn unsupported(
+    source: Source<'_>,
+    table: &str,
+    key: &str,
+    value: &Option<Spanned<Value>>,
+) -> Result<(), ConfigError> {
     match value {
         Some(value) => Err(source.at(value, format!("{table}.{key}"), "not supported yet")),
         None => Ok(()),
@@ -245,11 +275,18 @@ fn timeouts(source: Source<'_>, raw: &raw::RawTimeouts) -> Result<Timeouts, Conf
         None => Ok(default),
         Some(value) => match humantime::parse_duration(value.get_ref()) {
             Ok(duration) if !duration.is_zero() => Ok(duration),
-            Ok(_) => Err(source.at(value, format!("timeouts.{key}"), "expected a duration above zero")),
+            Ok(_) => Err(source.at(
+                value,
+                format!("timeouts.{key}"),
+                "expected a duration above zero",
+            )),
             Err(_) => Err(source.at(
                 value,
                 format!("timeouts.{key}"),
-                format!("expected a duration like \"10s\" or \"500ms\", found \"{}\"", value.get_ref().escape_debug()),
+                format!(
+                    "expected a duration like \"10s\" or \"500ms\", found \"{}\"",
+                    value.get_ref().escape_debug()
+                ),
             )),
         },
     };
@@ -263,21 +300,37 @@ fn timeouts(source: Source<'_>, raw: &raw::RawTimeouts) -> Result<Timeouts, Conf
 
 fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
     let defaults = Limits::default();
-    let bounded = |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: usize| match value {
-        None => Ok(default),
-        Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref() as usize),
-        Some(value) => Err(source.at(
-            value,
-            format!("limits.{key}"),
-            format!("expected {} to {}, found {}", range.start, range.end - 1, value.get_ref()),
-        )),
-    };
+    let bounded =
+        |value: &Option<Spanned<i64>>, key: &str, range: Range<i64>, default: usize| match value {
+            None => Ok(default),
+            Some(value) if range.contains(value.get_ref()) => Ok(*value.get_ref() as usize),
+            Some(value) => Err(source.at(
+                value,
+                format!("limits.{key}"),
+                format!(
+                    "expected {} to {}, found {}",
+                    range.start,
+                    range.end - 1,
+                    value.get_ref()
+                ),
+            )),
+        };
     if let Some(value) = &raw.max_pending_per_ip {
         return Err(source.at(value, "limits.max_pending_per_ip", "not supported yet"));
     }
     Ok(Limits {
-        max_connections: bounded(&raw.max_connections, "max_connections", MAX_CONNECTIONS, defaults.max_connections)?,
-        max_client_hello: bounded(&raw.max_client_hello, "max_client_hello", MAX_CLIENT_HELLO, defaults.max_client_hello)?,
+        max_connections: bounded(
+            &raw.max_connections,
+            "max_connections",
+            MAX_CONNECTIONS,
+            defaults.max_connections,
+        )?,
+        max_client_hello: bounded(
+            &raw.max_client_hello,
+            "max_client_hello",
+            MAX_CLIENT_HELLO,
+            defaults.max_client_hello,
+        )?,
     })
 }
 
@@ -317,7 +370,12 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     }
 }
 
-fn backend(source: Source<'_>, key: &str, table: Range<usize>, target: RawTargetRef<'_>) -> Result<Backend, ConfigError> {
+fn backend(
+    source: Source<'_>,
+    key: &str,
+    table: Range<usize>,
+    target: RawTargetRef<'_>,
+) -> Result<Backend, ConfigError> {
     for (name, value) in target.unsupported {
         unsupported(source, key, name, value)?;
     }
@@ -325,22 +383,41 @@ fn backend(source: Source<'_>, key: &str, table: Range<usize>, target: RawTarget
         .backend
         .as_ref()
         .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
-    Backend::parse(backend.get_ref()).map_err(|message| source.at(backend, format!("{key}.backend"), message))
+    Backend::parse(backend.get_ref())
+        .map_err(|message| source.at(backend, format!("{key}.backend"), message))
 }
 
-fn route_from_raw(source: Source<'_>, index: usize, spanned: &Spanned<RawRoute>) -> Result<Route, ConfigError> {
+fn route_from_raw(
+    source: Source<'_>,
+    index: usize,
+    spanned: &Spanned<RawRoute>,
+) -> Result<Route, ConfigError> {
     let key = format!("route[{index}]");
     let raw = spanned.get_ref();
-    let sni = NamePattern::parse(raw.sni.get_ref()).map_err(|error| source.at(&raw.sni, format!("{key}.sni"), format!("\"{}\": {error}", raw.sni.get_ref().escape_debug())))?;
+    let sni = NamePattern::parse(raw.sni.get_ref()).map_err(|error| {
+        source.at(
+            &raw.sni,
+            format!("{key}.sni"),
+            format!("\"{}\": {error}", raw.sni.get_ref().escape_debug()),
+        )
+    })?;
     let mut alpn = Vec::new();
     if let Some(list) = &raw.alpn {
         if list.get_ref().is_empty() {
-            return Err(source.at(list, format!("{key}.alpn"), "expected at least one protocol"));
+            return Err(source.at(
+                list,
+                format!("{key}.alpn"),
+                "expected at least one protocol",
+            ));
         }
         for (position, protocol) in list.get_ref().iter().enumerate() {
             let bytes = protocol.get_ref().as_bytes();
             if bytes.is_empty() || bytes.len() > 255 {
-                return Err(source.at(protocol, format!("{key}.alpn[{position}]"), "expected a protocol name of 1 to 255 bytes"));
+                return Err(source.at(
+                    protocol,
+                    format!("{key}.alpn[{position}]"),
+                    "expected a protocol name of 1 to 255 bytes",
+                ));
             }
             alpn.push(Box::from(bytes));
         }
@@ -350,16 +427,28 @@ fn route_from_raw(source: Source<'_>, index: usize, spanned: &Spanned<RawRoute>)
         Some(name) => {
             let text = name.get_ref();
             if text.is_empty() || text.chars().any(char::is_control) {
-                return Err(source.at(name, format!("{key}.name"), "expected a non-empty name without control characters"));
+                return Err(source.at(
+                    name,
+                    format!("{key}.name"),
+                    "expected a non-empty name without control characters",
+                ));
             }
             if text == DEFAULT_ROUTE_NAME || text == NO_ROUTE_NAME {
-                return Err(source.at(name, format!("{key}.name"), format!("\"{text}\" is reserved")));
+                return Err(source.at(
+                    name,
+                    format!("{key}.name"),
+                    format!("\"{text}\" is reserved"),
+                ));
             }
             text.clone()
         }
         None if alpn.is_empty() => sni.to_string(),
         None => {
-            let list: Vec<&str> = raw.alpn.iter().flat_map(|list| list.get_ref().iter().map(|p| p.get_ref().as_str())).collect();
+            let list: Vec<&str> = raw
+                .alpn
+                .iter()
+                .flat_map(|list| list.get_ref().iter().map(|p| p.get_ref().as_str()))
+                .collect();
             format!("{sni}/{}", list.join(","))
         }
     };
@@ -372,7 +461,10 @@ fn route_from_raw(source: Source<'_>, index: usize, spanned: &Spanned<RawRoute>)
     })
 }
 
-fn default_from_raw(source: Source<'_>, spanned: &Spanned<RawDefault>) -> Result<Route, ConfigError> {
+fn default_from_raw(
+    source: Source<'_>,
+    spanned: &Spanned<RawDefault>,
+) -> Result<Route, ConfigError> {
     let backend = backend(source, "default", spanned.span(), spanned.get_ref().into())?;
     Ok(Route {
         name: DEFAULT_ROUTE_NAME.to_owned(),
@@ -386,7 +478,11 @@ fn default_from_raw(source: Source<'_>, spanned: &Spanned<RawDefault>) -> Result
 /// Refuses two routes that could match the same ClientHello equally well (same pattern, and
 /// either both without `alpn` or with a protocol in common), and two routes with one name.
 /// Reported at the later route, naming the earlier.
-fn check_routes(source: Source<'_>, raw: &[Spanned<RawRoute>], routes: &[Route]) -> Result<(), ConfigError> {
+fn check_routes(
+    source: Source<'_>,
+    raw: &[Spanned<RawRoute>],
+    routes: &[Route],
+) -> Result<(), ConfigError> {
     let mut by_pattern: HashMap<&NamePattern, Vec<usize>> = HashMap::new();
     let mut by_name: HashMap<&str, usize> = HashMap::new();
     for (index, route) in routes.iter().enumerate() {
@@ -396,17 +492,34 @@ fn check_routes(source: Source<'_>, raw: &[Spanned<RawRoute>], routes: &[Route])
             let other = &routes[earlier];
             let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
                 (true, true) => Some("same name as"),
-                (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => Some("same name and overlapping alpn as"),
+                (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => {
+                    Some("same name and overlapping alpn as")
+                }
                 _ => None,
             };
             if let Some(what) = tie {
-                return Err(source.at(&raw[index].get_ref().sni, format!("route[{index}].sni"), format!("{what} route[{earlier}] (line {})", other.line)));
+                return Err(source.at(
+                    &raw[index].get_ref().sni,
+                    format!("route[{index}].sni"),
+                    format!("{what} route[{earlier}] (line {})", other.line),
+                ));
             }
         }
         same_pattern.push(index);
         if let Some(earlier) = by_name.insert(&route.name, index) {
-            let at = raw[index].get_ref().name.as_ref().map_or(raw[index].get_ref().sni.span(), Spanned::span);
-            return Err(source.error(at, format!("route[{index}].name"), format!("same name \"{}\" as route[{earlier}] (line {})", route.name, routes[earlier].line)));
+            let at = raw[index]
+                .get_ref()
+                .name
+                .as_ref()
+                .map_or(raw[index].get_ref().sni.span(), Spanned::span);
+            return Err(source.error(
+                at,
+                format!("route[{index}].name"),
+                format!(
+                    "same name \"{}\" as route[{earlier}] (line {})",
+                    route.name, routes[earlier].line
+                ),
+            ));
         }
     }
     Ok(())

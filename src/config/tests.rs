@@ -7,14 +7,19 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn error_line(text: &str) -> String {
-    parse(text).expect_err("config should be refused").to_string()
+    parse(text)
+        .expect_err("config should be refused")
+        .to_string()
 }
 
 const LISTEN: &str = "[[listen]]\naddress = \"127.0.0.1:8443\"\n";
 
 #[test]
 fn a_minimal_config_gets_the_defaults() {
-    let config = parse(&format!("{LISTEN}[[route]]\nsni = \"A.example.com.\"\nbackend = \"127.0.0.1:9001\"\n")).unwrap();
+    let config = parse(&format!(
+        "{LISTEN}[[route]]\nsni = \"A.example.com.\"\nbackend = \"127.0.0.1:9001\"\n"
+    ))
+    .unwrap();
     assert_eq!(config.timeouts, Timeouts::default());
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.routes[0].name, "a.example.com");
@@ -68,16 +73,46 @@ fn overlapping_alpn_for_one_name_is_refused_at_the_later_route() {
 fn keys_of_later_releases_are_refused_by_name() {
     let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n");
     let cases = [
-        (format!("{route}terminate = {{ cert = \"x\" }}\n"), "routes.toml:6:13: route[0].terminate: not supported yet"),
-        (format!("{route}proxy_protocol = \"v2\"\n"), "routes.toml:6:18: route[0].proxy_protocol: not supported yet"),
-        (format!("{route}backends = [\"127.0.0.1:2\"]\n"), "routes.toml:6:12: route[0].backends: not supported yet"),
-        (format!("{route}balance = \"round_robin\"\n"), "routes.toml:6:11: route[0].balance: not supported yet"),
-        (format!("{route}backend_tls = {{ ca = \"x\" }}\n"), "routes.toml:6:15: route[0].backend_tls: not supported yet"),
-        (format!("{route}[metrics]\naddress = \"127.0.0.1:9100\"\n"), "routes.toml:6:1: metrics: not supported yet"),
-        (format!("{route}[limits]\nmax_pending_per_ip = 4\n"), "routes.toml:7:22: limits.max_pending_per_ip: not supported yet"),
-        (format!("{route}[default]\nbackend = \"127.0.0.1:9\"\nproxy_protocol = \"v1\"\n"), "routes.toml:8:18: default.proxy_protocol: not supported yet"),
-        (format!("{LISTEN}protocol = \"quic\"\n"), "routes.toml:3:12: listen[0].protocol: quic is not supported yet"),
-        (format!("{LISTEN}proxy_protocol = {{ trusted = [] }}\n"), "routes.toml:3:18: listen[0].proxy_protocol: not supported yet"),
+        (
+            format!("{route}terminate = {{ cert = \"x\" }}\n"),
+            "routes.toml:6:13: route[0].terminate: not supported yet",
+        ),
+        (
+            format!("{route}proxy_protocol = \"v2\"\n"),
+            "routes.toml:6:18: route[0].proxy_protocol: not supported yet",
+        ),
+        (
+            format!("{route}backends = [\"127.0.0.1:2\"]\n"),
+            "routes.toml:6:12: route[0].backends: not supported yet",
+        ),
+        (
+            format!("{route}balance = \"round_robin\"\n"),
+            "routes.toml:6:11: route[0].balance: not supported yet",
+        ),
+        (
+            format!("{route}backend_tls = {{ ca = \"x\" }}\n"),
+            "routes.toml:6:15: route[0].backend_tls: not supported yet",
+        ),
+        (
+            format!("{route}[metrics]\naddress = \"127.0.0.1:9100\"\n"),
+            "routes.toml:6:1: metrics: not supported yet",
+        ),
+        (
+            format!("{route}[limits]\nmax_pending_per_ip = 4\n"),
+            "routes.toml:7:22: limits.max_pending_per_ip: not supported yet",
+        ),
+        (
+            format!("{route}[default]\nbackend = \"127.0.0.1:9\"\nproxy_protocol = \"v1\"\n"),
+            "routes.toml:8:18: default.proxy_protocol: not supported yet",
+        ),
+        (
+            format!("{LISTEN}protocol = \"quic\"\n"),
+            "routes.toml:3:12: listen[0].protocol: quic is not supported yet",
+        ),
+        (
+            format!("{LISTEN}proxy_protocol = {{ trusted = [] }}\n"),
+            "routes.toml:3:18: listen[0].proxy_protocol: not supported yet",
+        ),
     ];
     for (text, expected) in cases {
         assert_eq!(error_line(&text), expected, "{text}");
@@ -102,9 +137,17 @@ fn route_names_default_to_the_pattern_and_alpn_and_must_be_unique() {
         "{LISTEN}[[route]]\nsni = \"a.test\"\nname = \"app\"\nbackend = \"127.0.0.1:1\"\n\
          [[route]]\nsni = \"b.test\"\nname = \"app\"\nbackend = \"127.0.0.1:2\"\n"
     );
-    assert_eq!(error_line(&twice), "routes.toml:9:8: route[1].name: same name \"app\" as route[0] (line 3)");
-    let reserved = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nname = \"none\"\nbackend = \"127.0.0.1:1\"\n");
-    assert_eq!(error_line(&reserved), "routes.toml:5:8: route[0].name: \"none\" is reserved");
+    assert_eq!(
+        error_line(&twice),
+        "routes.toml:9:8: route[1].name: same name \"app\" as route[0] (line 3)"
+    );
+    let reserved = format!(
+        "{LISTEN}[[route]]\nsni = \"a.test\"\nname = \"none\"\nbackend = \"127.0.0.1:1\"\n"
+    );
+    assert_eq!(
+        error_line(&reserved),
+        "routes.toml:5:8: route[0].name: \"none\" is reserved"
+    );
 }
 
 #[test]

@@ -81,3 +81,18 @@ impl HelloError {
         }
     }
 }
+
+/// The RFC 8446 §6 name of the alerts sniroute sends (`decode_error`), for operators to read.
+pub fn alert_name(description: TlsAlertDescription) -> &'static str {
+    match description {
+        TlsAlertDescription::UnexpectedMessage => "unexpected_message",
+        TlsAlertDescription::RecordOverflow => "record_overflow",
+        TlsAlertDescription::HandshakeFailure => "handshake_failure",
+        TlsAlertDescription::IllegalParameter => "illegal_parameter",
+        TlsAlertDescription::DecodeError => "decode_error",
+        TlsAlertDescription::InternalError => "internal_error",
+        TlsAlertDescription::UnrecognizedName => "unrecognized_name",
+        TlsAlertDescription::NoApplicationProtocol => "no_application_protocol",
+        _ => "other",
+    }
+}

@@ -15,7 +15,7 @@ pub mod synth;
 use std::fmt;
 use std::ops::Range;
 
-pub use error::HelloError;
+pub use error::{alert_name, HelloError};
 
 use crate::name::ServerName;
 
@@ -105,7 +105,8 @@ impl Peeker {
             match self.records {
                 1 => self.first_fragment = fragment,
                 2 => {
-                    self.gathered.extend_from_slice(&stream[self.first_fragment.clone()]);
+                    self.gathered
+                        .extend_from_slice(&stream[self.first_fragment.clone()]);
                     self.gathered.extend_from_slice(&stream[fragment]);
                 }
                 _ => self.gathered.extend_from_slice(&stream[fragment]),
@@ -121,8 +122,8 @@ impl Peeker {
             let Some(header) = handshake.first_chunk::<HANDSHAKE_HEADER_LEN>() else {
                 continue;
             };
-            let message_len =
-                HANDSHAKE_HEADER_LEN + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
+            let message_len = HANDSHAKE_HEADER_LEN
+                + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
             // Each further record costs a header too, so this bound is never too strict.
             if message_len > self.limit {
                 return Progress::Reject(HelloError::TooLarge { limit: self.limit });

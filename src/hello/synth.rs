@@ -39,7 +39,8 @@ impl ClientHelloBuilder {
 
     /// Adds an extension of any type with this body, after the others.
     pub fn extension(mut self, extension_type: u16, body: impl AsRef<[u8]>) -> Self {
-        self.extensions.push((extension_type, body.as_ref().to_vec()));
+        self.extensions
+            .push((extension_type, body.as_ref().to_vec()));
         self
     }
 

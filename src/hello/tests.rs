@@ -57,6 +57,8 @@ const CAPTURES: &[(&str, Option<&str>, &str)] = &[
     ("no-sni-openssl.bin", None, ""),
     ("curl-to-ip-address.bin", None, "h2,http/1.1"),
     ("ip-literal-sni-openssl.bin", Some("192.0.2.7"), ""),
+    ("gnutls-cli.bin", Some("gnutls.capture.test"), "h2,http/1.1"),
+    ("openssl-two-records.bin", Some("alpha.test"), "x-protocol-00-with-a-long-name-to-pad-the-hello,x-protocol-01-with-a-long-name-to-pad-the-hello,x-protocol-02-with-a-long-name-to-pad-the-hello,x-protocol-03-with-a-long-name-to-pad-the-hello,x-protocol-04-with-a-long-name-to-pad-the-hello,x-protocol-05-with-a-long-name-to-pad-the-hello,x-protocol-06-with-a-long-name-to-pad-the-hello,x-protocol-07-with-a-long-name-to-pad-the-hello"),
 ];
 
 #[test]
@@ -71,37 +73,74 @@ fn captured_hellos_give_their_name_and_alpn() {
         assert_eq!(hello.alpn.to_string(), alpn, "{file}");
         assert!(hello.supported_versions.contains(&0x0304), "{file}");
         assert!(!hello.cipher_suites.is_empty(), "{file}");
-        assert_eq!(hello.records, 1, "{file}");
+        let records = if file.contains("two-records") { 2 } else { 1 };
+        assert_eq!(hello.records, records, "{file}");
+    }
+}
+
+/// `stream` split at every offset, sent byte by byte, and re-framed into 1 to 12 records (also
+/// sent byte by byte) gives the same hello as whole.
+fn assert_framing_never_changes_the_hello(label: &str, stream: &[u8]) {
+    let whole = feed_whole(stream);
+    assert!(matches!(whole, Progress::Hello(_)), "{label}: {whole:?}");
+    for cut in 0..stream.len() {
+        assert_eq!(
+            feed_in_chunks(stream, &[cut]),
+            whole,
+            "{label} cut at {cut}"
+        );
+    }
+    let every_byte: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(
+        feed_in_chunks(stream, &every_byte),
+        whole,
+        "{label} byte by byte"
+    );
+    let whole = content(hello(whole));
+    for records in 1..=12 {
+        let reframed = reframe(stream, records).unwrap();
+        let every_byte: Vec<usize> = (1..reframed.len()).collect();
+        let parsed = hello(feed_in_chunks(&reframed, &every_byte));
+        assert_eq!(parsed.records, records, "{label} in {records} records");
+        assert_eq!(parsed.wire_len, reframed.len());
+        assert_eq!(content(parsed), whole, "{label} in {records} records");
     }
 }
 
 #[test]
-fn captured_hellos_split_at_every_offset_give_the_same_hello() {
+fn captured_hellos_give_the_same_hello_however_framed() {
     for &(file, ..) in CAPTURES {
-        let stream = capture(file);
-        let whole = feed_whole(&stream);
-        for cut in 0..stream.len() {
-            assert_eq!(feed_in_chunks(&stream, &[cut]), whole, "{file} cut at {cut}");
-        }
-        let every_byte: Vec<usize> = (1..stream.len()).collect();
-        assert_eq!(feed_in_chunks(&stream, &every_byte), whole, "{file} byte by byte");
+        assert_framing_never_changes_the_hello(file, &capture(file));
     }
 }
 
+/// The first flight of an in-process rustls client: its default (aws-lc-rs) provider sends an
+/// X25519MLKEM768 key share, which makes a hello of about 1.4 KB.
+fn rustls_hello(name: &str, alpn: &[&str]) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
 #[test]
-fn captured_hellos_reframed_into_many_records_give_the_same_hello() {
-    for &(file, ..) in CAPTURES {
-        let stream = capture(file);
-        let whole = content(hello(feed_whole(&stream)));
-        for records in 1..=12 {
-            let reframed = reframe(&stream, records).unwrap();
-            let every_byte: Vec<usize> = (1..reframed.len()).collect();
-            let parsed = hello(feed_in_chunks(&reframed, &every_byte));
-            assert_eq!(parsed.records, records, "{file} in {records} records");
-            assert_eq!(parsed.wire_len, reframed.len());
-            assert_eq!(content(parsed), whole, "{file} in {records} records");
-        }
-    }
+fn a_rustls_post_quantum_hello_gives_the_same_hello_however_framed() {
+    const X25519MLKEM768: u16 = 0x11ec;
+    let stream = rustls_hello("PQ.Example.test", &["h2", "http/1.1"]);
+    assert!(stream.len() > 1200, "{} bytes", stream.len());
+    let parsed = hello(feed_whole(&stream));
+    assert_eq!(parsed.server_name.unwrap().as_str(), "pq.example.test");
+    assert_eq!(parsed.alpn.to_string(), "h2,http/1.1");
+    assert_eq!(parsed.supported_groups.first(), Some(&X25519MLKEM768));
+    assert_framing_never_changes_the_hello("rustls", &stream);
 }
 
 #[test]
@@ -115,7 +154,9 @@ fn bytes_after_the_hello_are_left_for_the_caller() {
 
 #[test]
 fn oversize_hellos_are_accepted_up_to_the_limit_across_records() {
-    let builder = ClientHelloBuilder::new().server_name("big.test").padding(40_000);
+    let builder = ClientHelloBuilder::new()
+        .server_name("big.test")
+        .padding(40_000);
     let stream = builder.record();
     assert!(stream.len() > 40_000 && stream.len() < LIMIT);
     let hello = hello(feed_whole(&stream));
@@ -141,7 +182,10 @@ fn an_oversize_hello_is_refused_from_its_headers_before_its_body_arrives() {
 
 #[test]
 fn plain_text_is_refused_at_the_first_byte() {
-    assert_eq!(Peeker::new(LIMIT).feed(b"G"), Progress::Reject(HelloError::NotTls));
+    assert_eq!(
+        Peeker::new(LIMIT).feed(b"G"),
+        Progress::Reject(HelloError::NotTls)
+    );
     assert_eq!(rejection(b"GET / HTTP/1.1\r\n\r\n"), HelloError::NotTls);
     assert_eq!(rejection(b"SSH-2.0-OpenSSH_9.2\r\n"), HelloError::NotTls);
     assert_eq!(rejection(&[22, 0x47, 0x45]), HelloError::NotTls);
@@ -163,13 +207,21 @@ fn other_record_types_are_refused_from_the_header() {
         Peeker::new(LIMIT).feed(&alert_record[..2]),
         Progress::Reject(HelloError::UnexpectedContentType(21))
     );
-    assert_eq!(rejection(&[23, 3, 3, 0, 1, 0]), HelloError::UnexpectedContentType(23));
+    assert_eq!(
+        rejection(&[23, 3, 3, 0, 1, 0]),
+        HelloError::UnexpectedContentType(23)
+    );
 }
 
 #[test]
 fn a_second_record_of_another_type_is_refused() {
     let mut stream = frame(&ClientHelloBuilder::new().message(), 2);
-    let second = stream.iter().skip(5).position(|&b| b == 22).map(|_| ()).and(Some(()));
+    let second = stream
+        .iter()
+        .skip(5)
+        .position(|&b| b == 22)
+        .map(|_| ())
+        .and(Some(()));
     assert!(second.is_some());
     // Turn the second record's content type into change_cipher_spec.
     let first_len = usize::from(u16::from_be_bytes([stream[3], stream[4]]));
@@ -179,17 +231,29 @@ fn a_second_record_of_another_type_is_refused() {
 
 #[test]
 fn record_headers_out_of_bounds_are_refused_at_once() {
-    assert_eq!(rejection(&[22, 3, 1, 0x40, 0x01]), HelloError::RecordOverflow(16385));
+    assert_eq!(
+        rejection(&[22, 3, 1, 0x40, 0x01]),
+        HelloError::RecordOverflow(16385)
+    );
     assert_eq!(rejection(&[22, 3, 1, 0, 0]), HelloError::EmptyRecord);
-    assert_eq!(rejection(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), HelloError::NotClientHello(2));
+    assert_eq!(
+        rejection(&[22, 3, 1, 0, 4, 2, 0, 0, 0]),
+        HelloError::NotClientHello(2)
+    );
 }
 
 #[test]
 fn malformed_names_are_refused() {
     let cases: &[(&[u8], HelloError)] = &[
         (b"", HelloError::BadServerName(NameError::Empty)),
-        (b"a\0b.test", HelloError::BadServerName(NameError::ControlByte)),
-        (b"a\x07.test", HelloError::BadServerName(NameError::ControlByte)),
+        (
+            b"a\0b.test",
+            HelloError::BadServerName(NameError::ControlByte),
+        ),
+        (
+            b"a\x07.test",
+            HelloError::BadServerName(NameError::ControlByte),
+        ),
         (&[b'a'; 256], HelloError::BadServerName(NameError::TooLong)),
     ];
     for (name, error) in cases {
@@ -226,14 +290,20 @@ fn alpn_faults_are_refused() {
     assert_eq!(rejection(&empty_protocol), HelloError::EmptyAlpnProtocol);
     let none: [&str; 0] = [];
     let empty_list = ClientHelloBuilder::new().alpn(&none).record();
-    assert_eq!(rejection(&empty_list), HelloError::Malformed("empty alpn list"));
+    assert_eq!(
+        rejection(&empty_list),
+        HelloError::Malformed("empty alpn list")
+    );
     let many: Vec<String> = (0..=MAX_ALPN_PROTOCOLS).map(|i| format!("p{i}")).collect();
     let too_many = ClientHelloBuilder::new().alpn(&many).record();
     assert_eq!(rejection(&too_many), HelloError::TooManyAlpnProtocols);
     let bound = ClientHelloBuilder::new()
         .alpn(&many[..MAX_ALPN_PROTOCOLS])
         .record();
-    assert_eq!(hello(feed_whole(&bound)).alpn.iter().count(), MAX_ALPN_PROTOCOLS);
+    assert_eq!(
+        hello(feed_whole(&bound)).alpn.iter().count(),
+        MAX_ALPN_PROTOCOLS
+    );
 }
 
 #[test]
@@ -276,17 +346,32 @@ fn a_server_name_list_with_trailing_bytes_is_refused() {
     let len = (list.len() - 2) as u16;
     list[..2].copy_from_slice(&len.to_be_bytes());
     let stream = ClientHelloBuilder::new().extension(0, &list).record();
-    assert_eq!(rejection(&stream), HelloError::Malformed("server_name entry"));
+    assert_eq!(
+        rejection(&stream),
+        HelloError::Malformed("server_name entry")
+    );
 }
 
 #[test]
 fn every_rejection_maps_to_its_alert() {
     use TlsAlertDescription as Alert;
     assert_eq!(HelloError::NotTls.alert(), None);
-    assert_eq!(HelloError::RecordOverflow(20000).alert(), Some(Alert::RecordOverflow));
-    assert_eq!(HelloError::NotClientHello(2).alert(), Some(Alert::UnexpectedMessage));
-    assert_eq!(HelloError::TooLarge { limit: 1 }.alert(), Some(Alert::DecodeError));
-    assert_eq!(HelloError::TwoServerNames.alert(), Some(Alert::IllegalParameter));
+    assert_eq!(
+        HelloError::RecordOverflow(20000).alert(),
+        Some(Alert::RecordOverflow)
+    );
+    assert_eq!(
+        HelloError::NotClientHello(2).alert(),
+        Some(Alert::UnexpectedMessage)
+    );
+    assert_eq!(
+        HelloError::TooLarge { limit: 1 }.alert(),
+        Some(Alert::DecodeError)
+    );
+    assert_eq!(
+        HelloError::TwoServerNames.alert(),
+        Some(Alert::IllegalParameter)
+    );
 }
 
 fn any_stream() -> impl Strategy<Value = Vec<u8>> {

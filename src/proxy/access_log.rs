@@ -45,9 +45,15 @@ impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
         let (outcome, side) = self.outcome;
         let sni = self.server_name.as_ref().map_or("-", ServerName::as_str);
-        let alpn = if self.alpn.is_empty() { "-".to_owned() } else { self.alpn.to_string() };
+        let alpn = if self.alpn.is_empty() {
+            "-".to_owned()
+        } else {
+            self.alpn.to_string()
+        };
         let route = self.route.map_or(NO_ROUTE_NAME, |route| &route.name);
-        let backend = self.backend.map_or_else(|| "-".to_owned(), |addr| addr.to_string());
+        let backend = self
+            .backend
+            .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
         tracing::info!(
             target: "sniroute::access",
             sni = sni,

@@ -11,6 +11,7 @@ use bytes::{BufMut, BytesMut};
 use tls_parser::TlsAlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use super::access_log::AccessLog;
@@ -24,25 +25,40 @@ use crate::hello::{ClientHello, HelloError, Peeker, Progress};
 /// `limits.max_client_hello`.
 const INITIAL_HELLO_BUFFER: usize = 2048;
 
-/// Serves one accepted connection to its end, then writes its access-log line.
-pub(super) async fn serve(client: TcpStream, client_addr: SocketAddr, live: Arc<Live>, shutdown: Shutdown) {
+/// Serves one accepted connection to its end, then writes its access-log line. The connection's
+/// slot (`permit`) is given back before the client socket closes, so a client that has seen the
+/// close can count on the slot being free.
+pub(super) async fn serve(
+    mut client: TcpStream,
+    client_addr: SocketAddr,
+    live: Arc<Live>,
+    shutdown: Shutdown,
+    permit: OwnedSemaphorePermit,
+) {
     let mut log = AccessLog::new(client_addr);
-    log.outcome = handle(client, &live, &mut log, &shutdown).await;
+    log.outcome = handle(&mut client, &live, &mut log, &shutdown).await;
+    drop(permit);
+    drop(client);
 }
 
-async fn handle<'a>(mut client: TcpStream, live: &'a Live, log: &mut AccessLog<'a>, shutdown: &Shutdown) -> (Outcome, Side) {
+async fn handle<'a>(
+    client: &mut TcpStream,
+    live: &'a Live,
+    log: &mut AccessLog<'a>,
+    shutdown: &Shutdown,
+) -> (Outcome, Side) {
     let _ = client.set_nodelay(true);
     let limit = live.limits.max_client_hello;
     let mut buffer = BytesMut::with_capacity(INITIAL_HELLO_BUFFER.min(limit));
     let read = tokio::select! {
-        read = timeout(live.timeouts.client_hello, read_hello(&mut client, &mut buffer, limit)) => read,
+        read = timeout(live.timeouts.client_hello, read_hello(client, &mut buffer, limit)) => read,
         () = shutdown.hellos.cancelled() => return (Outcome::Drained, Side::Internal),
     };
     let hello = match read {
         Err(_elapsed) => return (Outcome::HelloTimeout, Side::Client),
         Ok(Err(None)) => return (Outcome::ClientClosed, Side::Client),
         Ok(Err(Some(error))) => {
-            alert::close(&mut client, error.alert()).await;
+            alert::close(client, error.alert()).await;
             return (Outcome::from(&error), Side::Client);
         }
         Ok(Ok(hello)) => hello,
@@ -52,7 +68,7 @@ async fn handle<'a>(mut client: TcpStream, live: &'a Live, log: &mut AccessLog<'
 
     let decision = live.table.lookup(log.server_name.as_ref(), &log.alpn);
     let Some(route) = decision.route else {
-        alert::close(&mut client, Some(TlsAlertDescription::UnrecognizedName)).await;
+        alert::close(client, Some(TlsAlertDescription::UnrecognizedName)).await;
         return (Outcome::NoRoute, Side::Client);
     };
     log.route = Some(route);
@@ -60,8 +76,12 @@ async fn handle<'a>(mut client: TcpStream, live: &'a Live, log: &mut AccessLog<'
     let backend = match timeout(live.timeouts.connect, connect(&route.backend)).await {
         Ok(Ok(backend)) => backend,
         failed => {
-            alert::close(&mut client, Some(TlsAlertDescription::InternalError)).await;
-            let outcome = if failed.is_err() { Outcome::ConnectTimeout } else { Outcome::BackendUnreachable };
+            alert::close(client, Some(TlsAlertDescription::InternalError)).await;
+            let outcome = if failed.is_err() {
+                Outcome::ConnectTimeout
+            } else {
+                Outcome::BackendUnreachable
+            };
             return (outcome, Side::Backend);
         }
     };
@@ -75,7 +95,16 @@ async fn handle<'a>(mut client: TcpStream, live: &'a Live, log: &mut AccessLog<'
     let replay = timeout(live.timeouts.idle, backend.write_all(&buffer)).await;
     drop(buffer);
     let outcome = match replay {
-        Ok(Ok(())) => splice(&mut client, &mut backend, &activity, live.timeouts.idle, &shutdown.splices).await,
+        Ok(Ok(())) => {
+            splice(
+                &mut client,
+                &mut backend,
+                &activity,
+                live.timeouts.idle,
+                &shutdown.splices,
+            )
+            .await
+        }
         Ok(Err(_)) => (Outcome::Reset, Side::Backend),
         Err(_) => (Outcome::IdleTimeout, Side::Internal),
     };
@@ -85,7 +114,11 @@ async fn handle<'a>(mut client: TcpStream, live: &'a Live, log: &mut AccessLog<'
 }
 
 /// Reads until the peeker has a verdict. `Err(None)`: the client closed or reset first.
-async fn read_hello(client: &mut TcpStream, buffer: &mut BytesMut, limit: usize) -> Result<ClientHello, Option<HelloError>> {
+async fn read_hello(
+    client: &mut TcpStream,
+    buffer: &mut BytesMut,
+    limit: usize,
+) -> Result<ClientHello, Option<HelloError>> {
     let mut peeker = Peeker::new(limit);
     loop {
         let spare = limit - buffer.len();

@@ -40,7 +40,13 @@ pub struct Listener {
 impl Listener {
     /// Accepts until `shutdown.accepting` fires, spawning each connection on `tracker` with the
     /// routes live at its accept; past `permits`, connections are closed at once.
-    pub async fn run(self, live: Arc<ArcSwap<Live>>, permits: Arc<Semaphore>, tracker: TaskTracker, shutdown: Shutdown) {
+    pub async fn run(
+        self,
+        live: Arc<ArcSwap<Live>>,
+        permits: Arc<Semaphore>,
+        tracker: TaskTracker,
+        shutdown: Shutdown,
+    ) {
         let mut backoff = Duration::ZERO;
         loop {
             let accepted = tokio::select! {
@@ -67,11 +73,13 @@ impl Listener {
                 continue;
             };
             let live = live.load_full();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                conn::serve(stream, client_addr, live, shutdown).await;
-                drop(permit);
-            });
+            tracker.spawn(conn::serve(
+                stream,
+                client_addr,
+                live,
+                shutdown.clone(),
+                permit,
+            ));
         }
     }
 }

@@ -103,7 +103,11 @@ impl<'a, S> Counted<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = ready!(Pin::new(&mut self.inner).poll_read(context, buf));
         self.note(&result);
@@ -119,7 +123,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, context: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let result = ready!(Pin::new(&mut self.inner).poll_write(context, buf));
         self.note(&result);
         if let Ok(written) = result {
@@ -186,14 +194,27 @@ mod tests {
     use super::*;
 
     /// Runs a splice between two in-memory pipes; returns the far ends and the splice task.
-    async fn start(idle: Duration) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, tokio::task::JoinHandle<(Outcome, Side, u64, u64)>) {
+    async fn start(
+        idle: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(Outcome, Side, u64, u64)>,
+    ) {
         let (client_far, client_near) = duplex(64);
         let (backend_near, backend_far) = duplex(64);
         let task = tokio::spawn(async move {
             let activity = Activity::new();
             let mut client = Counted::new(client_near, Side::Client, &activity);
             let mut backend = Counted::new(backend_near, Side::Backend, &activity);
-            let (outcome, side) = splice(&mut client, &mut backend, &activity, idle, &CancellationToken::new()).await;
+            let (outcome, side) = splice(
+                &mut client,
+                &mut backend,
+                &activity,
+                idle,
+                &CancellationToken::new(),
+            )
+            .await;
             (outcome, side, backend.written, client.written)
         });
         (client_far, backend_far, task)
@@ -232,7 +253,10 @@ mod tests {
         let mut request = Vec::new();
         backend.read_to_end(&mut request).await.unwrap();
         assert_eq!(request, b"request");
-        backend.write_all(b"response after the client's eof").await.unwrap();
+        backend
+            .write_all(b"response after the client's eof")
+            .await
+            .unwrap();
         backend.shutdown().await.unwrap();
         let mut response = Vec::new();
         client.read_to_end(&mut response).await.unwrap();

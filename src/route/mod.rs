@@ -121,12 +121,15 @@ impl RouteTable {
         for protocol in offer.iter() {
             for &index in &candidates.with_alpn {
                 let route = &self.routes[index];
-                if let Some(accepted) = route.alpn.iter().find(|accepted| ***accepted == *protocol) {
+                if let Some(accepted) = route.alpn.iter().find(|accepted| ***accepted == *protocol)
+                {
                     return Some((route, Some(&**accepted)));
                 }
             }
         }
-        candidates.without_alpn.map(|index| (&self.routes[index], None))
+        candidates
+            .without_alpn
+            .map(|index| (&self.routes[index], None))
     }
 
     fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
@@ -152,7 +155,11 @@ impl fmt::Display for Reason<'_> {
         };
         formatter.write_str(what)?;
         match protocol {
-            Some(protocol) => write!(formatter, ", and the offered alpn {} is in its list", protocol.escape_ascii()),
+            Some(protocol) => write!(
+                formatter,
+                ", and the offered alpn {} is in its list",
+                protocol.escape_ascii()
+            ),
             None => Ok(()),
         }
     }

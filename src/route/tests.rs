@@ -10,7 +10,11 @@ fn table(routes: &str) -> RouteTable {
 }
 
 fn route(name: &str, sni: &str, alpn: &str) -> String {
-    let alpn = if alpn.is_empty() { String::new() } else { format!("alpn = [{alpn}]\n") };
+    let alpn = if alpn.is_empty() {
+        String::new()
+    } else {
+        format!("alpn = [{alpn}]\n")
+    };
     format!("[[route]]\nname = \"{name}\"\nsni = \"{sni}\"\n{alpn}backend = \"127.0.0.1:9\"\n")
 }
 
@@ -21,36 +25,58 @@ fn offer(protocols: &[&str]) -> Alpn {
 fn lookup<'a>(table: &'a RouteTable, name: &str, protocols: &[&str]) -> (Option<&'a str>, String) {
     let name = ServerName::parse(name.as_bytes()).unwrap();
     let decision = table.lookup(Some(&name), &offer(protocols));
-    (decision.route.map(|route| route.name.as_str()), decision.reason.to_string())
+    (
+        decision.route.map(|route| route.name.as_str()),
+        decision.reason.to_string(),
+    )
 }
 
 #[test]
 fn exact_beats_wildcard_and_the_longest_suffix_wins() {
-    let table = table(&[
-        route("short", "*.example.com", ""),
-        route("long", "*.tenants.example.com", ""),
-        route("exact", "a.tenants.example.com", ""),
-    ]
-    .concat());
-    assert_eq!(lookup(&table, "a.tenants.example.com", &[]).0, Some("exact"));
+    let table = table(
+        &[
+            route("short", "*.example.com", ""),
+            route("long", "*.tenants.example.com", ""),
+            route("exact", "a.tenants.example.com", ""),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        lookup(&table, "a.tenants.example.com", &[]).0,
+        Some("exact")
+    );
     assert_eq!(lookup(&table, "b.tenants.example.com", &[]).0, Some("long"));
-    assert_eq!(lookup(&table, "x.y.b.tenants.example.com", &[]).0, Some("long"));
+    assert_eq!(
+        lookup(&table, "x.y.b.tenants.example.com", &[]).0,
+        Some("long")
+    );
     assert_eq!(lookup(&table, "tenants.example.com", &[]).0, Some("short"));
     assert_eq!(lookup(&table, "example.com", &[]).0, None);
-    assert_eq!(lookup(&table, "other.org", &[]), (None, "no route matches the name".to_owned()));
+    assert_eq!(
+        lookup(&table, "other.org", &[]),
+        (None, "no route matches the name".to_owned())
+    );
 }
 
 #[test]
 fn an_alpn_route_beats_the_plain_route_for_its_name_in_the_clients_order() {
-    let table = table(&[
-        route("plain", "api.test", ""),
-        route("h2", "api.test", "\"h2\""),
-        route("h1", "api.test", "\"http/1.1\""),
-        route("grpc-only", "*.test", "\"grpc-exp\""),
-    ]
-    .concat());
-    assert_eq!(lookup(&table, "api.test", &["h2", "http/1.1"]).0, Some("h2"));
-    assert_eq!(lookup(&table, "api.test", &["http/1.1", "h2"]).0, Some("h1"));
+    let table = table(
+        &[
+            route("plain", "api.test", ""),
+            route("h2", "api.test", "\"h2\""),
+            route("h1", "api.test", "\"http/1.1\""),
+            route("grpc-only", "*.test", "\"grpc-exp\""),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        lookup(&table, "api.test", &["h2", "http/1.1"]).0,
+        Some("h2")
+    );
+    assert_eq!(
+        lookup(&table, "api.test", &["http/1.1", "h2"]).0,
+        Some("h1")
+    );
     assert_eq!(lookup(&table, "api.test", &["acme-tls/1"]).0, Some("plain"));
     assert_eq!(lookup(&table, "api.test", &[]).0, Some("plain"));
     assert_eq!(
@@ -59,12 +85,21 @@ fn an_alpn_route_beats_the_plain_route_for_its_name_in_the_clients_order() {
     );
     // A name whose only routes need an ALPN the client doesn't offer falls through.
     assert_eq!(lookup(&table, "other.test", &["h2"]).0, None);
-    assert_eq!(lookup(&table, "other.test", &["grpc-exp"]).0, Some("grpc-only"));
+    assert_eq!(
+        lookup(&table, "other.test", &["grpc-exp"]).0,
+        Some("grpc-only")
+    );
 }
 
 #[test]
 fn no_name_and_unknown_names_go_to_the_default() {
-    let table = table(&[route("a", "a.test", ""), "[default]\nbackend = \"127.0.0.1:9\"\n".to_owned()].concat());
+    let table = table(
+        &[
+            route("a", "a.test", ""),
+            "[default]\nbackend = \"127.0.0.1:9\"\n".to_owned(),
+        ]
+        .concat(),
+    );
     let empty = Alpn::default();
     let decision = table.lookup(None, &empty);
     assert_eq!(decision.route.unwrap().name, "default");

@@ -1,0 +1,268 @@
+//! The integration-test harness: real proxies on ephemeral loopback ports, real TLS backends that
+//! answer with their name, recording backends, and real rustls clients.
+//!
+//! Nothing here sleeps to synchronise: servers are listening before `start` returns, and tests
+//! wait on reads, accepts and task ends, each under a generous hang guard.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName as TlsName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use sniroute::config;
+use sniroute::demo::{Pki, TlsBackend};
+use sniroute::hello::synth::reframe;
+use sniroute::server::{Server, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How long any one wait in a test may take before the test fails as hung. It bounds deadlocks;
+/// it says nothing about speed.
+pub const HANG_GUARD: Duration = Duration::from_secs(30);
+
+/// Runs `future`, failing the test if it hangs.
+pub async fn guard<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(HANG_GUARD, future)
+        .await
+        .expect("hung: no answer within the hang guard")
+}
+
+/// The test run's certificate authority; every backend's certificate comes from it.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        Pki::new().expect("make the test CA")
+    })
+}
+
+/// A real TLS backend with its own certificate for `names`, answering `NAME: sni=… alpn=…`.
+pub async fn tls_backend(name: &str, names: &[&str]) -> SocketAddr {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let config = pki()
+        .server_config(&names, &[])
+        .expect("backend certificate");
+    TlsBackend::start("127.0.0.1:0".parse().unwrap(), name, config)
+        .await
+        .expect("bind backend")
+        .address
+}
+
+/// A running proxy, configured from a routes.toml fragment with one `:0` listener added.
+pub struct Proxy {
+    pub address: SocketAddr,
+    pub config_path: PathBuf,
+    signals: mpsc::Sender<Signal>,
+    task: JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub async fn start(routes: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("routes.toml");
+        std::fs::write(
+            &config_path,
+            format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{routes}"),
+        )
+        .unwrap();
+        let config = config::load(&config_path).expect("test config");
+        let server = Server::bind(&config_path, &config)
+            .await
+            .expect("bind proxy");
+        let address = server.local_addrs()[0];
+        let (signals, receiver) = mpsc::channel(4);
+        let task = tokio::spawn(server.run(receiver));
+        Self {
+            address,
+            config_path,
+            signals,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Asks for a shutdown and waits until every connection is gone.
+    pub async fn shutdown(self) {
+        self.signals.send(Signal::Shutdown).await.unwrap();
+        guard(self.task).await.unwrap();
+    }
+}
+
+/// What a hello looks like on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Records the hello is framed into (rustls uses one).
+    pub records: usize,
+    /// Bytes per write(2) on the socket.
+    pub chunk: usize,
+}
+
+impl Shape {
+    pub const PLAIN: Shape = Shape {
+        records: 1,
+        chunk: usize::MAX,
+    };
+}
+
+/// A rustls client config trusting the test CA, offering `alpn`.
+pub fn client_config(alpn: &[&str]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki().ca_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// The result of one TLS exchange through the proxy.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The backend's answer (the HTTP body), or the TLS error.
+    pub answer: Result<String, rustls::Error>,
+    /// Bytes of the ClientHello as sent.
+    pub hello_len: usize,
+}
+
+/// Connects to `proxy` with a rustls client verifying the backend's certificate for `name`
+/// (a DNS name, or an IP address, which sends no SNI), sends its hello in `shape`, then one
+/// HTTP request, and returns what the backend answered.
+pub async fn tls_exchange(proxy: SocketAddr, name: &str, alpn: &[&str], shape: Shape) -> Exchange {
+    let config = client_config(alpn);
+    let name = TlsName::try_from(name.to_owned()).unwrap();
+    guard(tokio::task::spawn_blocking(move || {
+        blocking_exchange(proxy, config, name, shape)
+    }))
+    .await
+    .unwrap()
+}
+
+fn blocking_exchange(
+    proxy: SocketAddr,
+    config: Arc<ClientConfig>,
+    name: TlsName<'static>,
+    shape: Shape,
+) -> Exchange {
+    let mut connection = ClientConnection::new(config, name).unwrap();
+    let mut socket = std::net::TcpStream::connect(proxy).unwrap();
+    socket.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    socket.set_nodelay(true).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    let wire = reframe(&hello, shape.records).unwrap();
+    for chunk in wire.chunks(shape.chunk.min(wire.len())) {
+        socket.write_all(chunk).unwrap();
+    }
+    let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+    let answer = (|| {
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    let answer = answer.map_err(|error: std::io::Error| {
+        match error
+            .into_inner()
+            .map(|inner| inner.downcast::<rustls::Error>())
+        {
+            Some(Ok(tls)) => *tls,
+            other => rustls::Error::General(format!("{other:?}")),
+        }
+    });
+    Exchange {
+        answer: answer.map(|response| {
+            response
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .trim_end()
+                .to_owned()
+        }),
+        hello_len: wire.len(),
+    }
+}
+
+/// The name the backend said it was, or the TLS error text.
+pub async fn who_answers(proxy: SocketAddr, name: &str, alpn: &[&str]) -> String {
+    match tls_exchange(proxy, name, alpn, Shape::PLAIN).await.answer {
+        Ok(answer) => answer.split(':').next().unwrap().to_owned(),
+        Err(error) => format!("error: {error}"),
+    }
+}
+
+/// A plain-TCP backend that records every byte of each connection until the client's EOF, then
+/// answers `NAME` and closes. `connections` yields each connection's bytes.
+pub struct Recording {
+    pub address: SocketAddr,
+    pub connections: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Recording {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, connections) = mpsc::channel(16);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sender = sender.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut received = Vec::new();
+                    if stream.read_to_end(&mut received).await.is_ok() {
+                        let _ = stream.write_all(name.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    let _ = sender.send(received).await;
+                });
+            }
+        });
+        Self {
+            address,
+            connections,
+        }
+    }
+
+    /// The bytes of the next connection, once the client has closed its side.
+    pub async fn next(&mut self) -> Vec<u8> {
+        guard(self.connections.recv()).await.unwrap()
+    }
+}
+
+/// Sends `bytes` to `proxy`, closes the write side, and returns everything read back until EOF
+/// (an error reading counts as EOF: a reset after an alert).
+pub async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let _ = stream.shutdown().await;
+    read_until_closed(&mut stream).await
+}
+
+/// Reads until EOF or an error.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match guard(stream.read(&mut chunk)).await {
+            Ok(0) | Err(_) => return received,
+            Ok(read) => received.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// A fatal TLS alert record with this description.
+pub fn alert(description: u8) -> Vec<u8> {
+    vec![21, 3, 3, 0, 2, 2, description]
+}
