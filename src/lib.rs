@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fuzzing;
 pub mod hello;
 pub mod name;
 pub mod proxy;

@@ -78,6 +78,11 @@ impl Peeker {
     /// past the hello (early data, say) are the caller's to forward.
     pub fn feed(&mut self, stream: &[u8]) -> Progress {
         loop {
+            // Another record is needed; if even a one-byte record would pass the limit, the hello
+            // can't complete within it, whatever comes next.
+            if self.next_record + RECORD_HEADER_LEN + 1 > self.limit {
+                return Progress::Reject(HelloError::TooLarge { limit: self.limit });
+            }
             let rest = stream.get(self.next_record..).unwrap_or_default();
             if let Err(error) = check_record_start(rest, self.records == 0) {
                 return Progress::Reject(error);
@@ -145,11 +150,24 @@ impl Peeker {
 
 /// Refuses, from as few bytes as possible, a record that can't start (or continue) a hello:
 /// plain text and SSLv2 at the first byte or three, other content types at once.
+///
+/// Each verdict waits for exactly the bytes that settle it, and they are checked in one order,
+/// so the answer never depends on how the stream was cut (the fuzzer's chunking oracle).
 fn check_record_start(rest: &[u8], first: bool) -> Result<(), HelloError> {
     let Some(&content_type) = rest.first() else {
         return Ok(());
     };
-    if first && content_type & 0x80 != 0 {
+    if !first {
+        if content_type != CONTENT_TYPE_HANDSHAKE {
+            return Err(HelloError::UnexpectedContentType(content_type));
+        }
+        // Every TLS record version has major version 3 (RFC 8446 §5.1 legacy_record_version).
+        return match rest.get(1) {
+            Some(3) | None => Ok(()),
+            Some(_) => Err(HelloError::Malformed("record version")),
+        };
+    }
+    if content_type & 0x80 != 0 {
         // An SSLv2 record header has the top bit set and a message type of 1 (CLIENT-HELLO)
         // in its third byte; no TLS content type has the top bit set.
         return match rest.get(2) {
@@ -158,20 +176,16 @@ fn check_record_start(rest: &[u8], first: bool) -> Result<(), HelloError> {
             None => Ok(()),
         };
     }
-    let tls_content_type = (20..=24).contains(&content_type);
-    if first && !tls_content_type {
+    if !(20..=24).contains(&content_type) {
         return Err(HelloError::NotTls);
     }
-    // Every TLS record version has major version 3 (RFC 8446 §5.1 legacy_record_version).
+    // A TLS content type followed by major version 3 is TLS; anything else is not.
     match rest.get(1) {
-        Some(3) | None => {}
-        Some(_) if first => return Err(HelloError::NotTls),
-        Some(_) => return Err(HelloError::Malformed("record version")),
+        None => Ok(()),
+        Some(3) if content_type == CONTENT_TYPE_HANDSHAKE => Ok(()),
+        Some(3) => Err(HelloError::UnexpectedContentType(content_type)),
+        Some(_) => Err(HelloError::NotTls),
     }
-    if content_type != CONTENT_TYPE_HANDSHAKE {
-        return Err(HelloError::UnexpectedContentType(content_type));
-    }
-    Ok(())
 }
 
 /// What the peeker read from a complete ClientHello.

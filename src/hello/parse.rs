@@ -109,9 +109,22 @@ fn server_name(data: &[u8]) -> Result<Option<ServerName>, HelloError> {
         if found.is_some() {
             return Err(HelloError::TwoServerNames);
         }
-        found = Some(ServerName::parse(name).map_err(HelloError::BadServerName)?);
+        found = Some(host_name(name)?);
     }
-    Ok(found)
+    Ok(found.flatten())
+}
+
+/// One host_name. An IP address is not a host name (RFC 6066 §3), but some clients send one:
+/// like rustls, take it as no name at all rather than refuse the hello.
+fn host_name(name: &[u8]) -> Result<Option<ServerName>, HelloError> {
+    let is_ip =
+        std::str::from_utf8(name).is_ok_and(|text| text.parse::<std::net::IpAddr>().is_ok());
+    if is_ip {
+        return Ok(None);
+    }
+    ServerName::parse(name)
+        .map(Some)
+        .map_err(HelloError::BadServerName)
 }
 
 fn name_entry(input: &[u8]) -> IResult<&[u8], (u8, &[u8])> {

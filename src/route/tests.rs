@@ -107,49 +107,11 @@ fn no_name_and_unknown_names_go_to_the_default() {
     assert_eq!(lookup(&table, "b.test", &[]).0, Some("default"));
 }
 
-fn label() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_owned)
-}
-
-fn name() -> impl Strategy<Value = String> {
-    prop::collection::vec(label(), 1..5).prop_map(|labels| labels.join("."))
-}
-
 proptest! {
     /// Whatever the table, a lookup returns a route whose pattern matches the name, and no other
     /// matching route is more specific (exact over wildcard, longer suffix over shorter).
     #[test]
-    fn lookups_return_the_most_specific_matching_route(
-        patterns in prop::collection::btree_set((any::<bool>(), name()), 0..12),
-        names in prop::collection::vec(name(), 1..20),
-    ) {
-        let routes: String = patterns
-            .iter()
-            .enumerate()
-            .map(|(index, (wildcard, name))| {
-                let sni = if *wildcard { format!("*.{name}") } else { name.clone() };
-                route(&format!("r{index}"), &sni, "")
-            })
-            .collect();
-        let table = table(&routes);
-        let empty = Alpn::default();
-        for raw in &names {
-            let name = ServerName::parse(raw.as_bytes()).unwrap();
-            let decision = table.lookup(Some(&name), &empty);
-            let matching: Vec<&Route> = table.routes().filter(|r| r.sni.as_ref().is_some_and(|p| p.matches(&name))).collect();
-            let specificity = |route: &Route| match &route.sni {
-                Some(NamePattern::Exact(_)) => usize::MAX,
-                Some(NamePattern::Wildcard(suffix)) => suffix.len(),
-                None => 0,
-            };
-            match decision.route {
-                None => prop_assert!(matching.is_empty()),
-                Some(route) => {
-                    prop_assert!(route.sni.as_ref().unwrap().matches(&name));
-                    let best = matching.iter().map(|r| specificity(r)).max().unwrap();
-                    prop_assert_eq!(specificity(route), best);
-                }
-            }
-        }
+    fn lookups_return_the_most_specific_matching_route(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        crate::fuzzing::route(&bytes);
     }
 }

@@ -1,0 +1,282 @@
+//! The properties the fuzz targets check, as library code: the targets in `fuzz/` are a few
+//! lines each calling these, the replay test (`tests/fuzz_corpus.rs`) runs every corpus file and
+//! past crash through them, and the proptests call them with random input, so `cargo test` on
+//! stable exercises every oracle without libFuzzer.
+//!
+//! Each function panics when its property fails; that is how a fuzzer or a test notices.
+
+// An oracle's job is to panic on a broken property; nothing on the data path calls this module.
+#![allow(clippy::panic, clippy::expect_used)]
+
+use std::path::Path;
+
+use crate::config::{Backend, Config, Limits, Listen, Route, Timeouts};
+use crate::hello::{HelloError, Peeker, Progress, MAX_ALPN_PROTOCOLS, MAX_EXTENSIONS};
+use crate::name::{NamePattern, ServerName};
+use crate::route::RouteTable;
+
+/// The limit the ClientHello oracles give the peeker: small enough that fuzzed inputs reach it.
+pub const HELLO_LIMIT: usize = 8192;
+
+/// Whole input into the peeker: it never reads past its limit, and what it accepts is sane: the
+/// server name is a valid, normalised DNS name, ALPN protocols are non-empty and within bounds.
+pub fn client_hello(data: &[u8]) -> Progress {
+    let progress = Peeker::new(HELLO_LIMIT).feed(data);
+    match &progress {
+        Progress::Hello(hello) => {
+            assert!(hello.wire_len <= HELLO_LIMIT && hello.wire_len <= data.len());
+            assert!(hello.records >= 1 && hello.message_len <= hello.wire_len);
+            if let Some(name) = &hello.server_name {
+                let text = name.as_str();
+                assert_eq!(ServerName::parse(text.as_bytes()).as_ref(), Ok(name));
+                assert!(!text.ends_with('.') && !text.bytes().any(|b| b.is_ascii_uppercase()));
+            }
+            assert!(hello.alpn.iter().all(|protocol| !protocol.is_empty()));
+            assert!(hello.alpn.iter().count() <= MAX_ALPN_PROTOCOLS);
+            assert!(hello.extensions.len() <= MAX_EXTENSIONS);
+        }
+        // Wanting more means the stream so far is shorter than the limit.
+        Progress::NeedMore => assert!(data.len() < HELLO_LIMIT),
+        Progress::Reject(error) => {
+            let _ = error.alert();
+        }
+    }
+    progress
+}
+
+/// Input plus cut points: fed in those chunks, the peeker gives exactly the whole-input answer.
+/// `input` is a count byte (at most 16 counts), that many big-endian u16 cut offsets, then the
+/// stream ([`chunks_input`] writes it).
+pub fn client_hello_chunks(input: &[u8]) {
+    let (&count, rest) = input.split_first().unwrap_or((&0, &[]));
+    let cut_bytes = (usize::from(count) % 17 * 2).min(rest.len());
+    let (cuts, data) = rest.split_at(cut_bytes);
+    let whole = client_hello(data);
+    let mut cuts: Vec<usize> = cuts
+        .chunks_exact(2)
+        .map(|cut| usize::from(u16::from_be_bytes([cut[0], cut[1]])) % (data.len() + 1))
+        .collect();
+    cuts.sort_unstable();
+    let mut peeker = Peeker::new(HELLO_LIMIT);
+    let mut chunked = Progress::NeedMore;
+    for &cut in cuts.iter().chain([&data.len()]) {
+        chunked = peeker.feed(&data[..cut]);
+        if chunked != Progress::NeedMore {
+            break;
+        }
+    }
+    assert_eq!(chunked, whole);
+}
+
+/// The input [`client_hello_chunks`] reads: `stream` to be cut at `cuts`.
+pub fn chunks_input(cuts: &[u16], stream: &[u8]) -> Vec<u8> {
+    let cuts = &cuts[..cuts.len().min(16)];
+    let mut input = vec![cuts.len() as u8];
+    input.extend(cuts.iter().flat_map(|cut| cut.to_be_bytes()));
+    input.extend_from_slice(stream);
+    input
+}
+
+/// Differential check against rustls' own ClientHello parser (`rustls::server::Acceptor`):
+/// whenever rustls accepts a hello, sniroute accepts it too and sees the same server name and
+/// ALPN list, except where sniroute is deliberately stricter ([`stricter_than_rustls`]).
+pub fn client_hello_rustls(data: &[u8]) {
+    let Some((server_name, alpn)) = rustls_view(data) else {
+        return;
+    };
+    match Peeker::new(usize::MAX).feed(data) {
+        Progress::Hello(hello) => {
+            assert_eq!(
+                hello.server_name.as_ref().map(ServerName::as_str),
+                server_name.as_deref(),
+                "server name"
+            );
+            let ours: Vec<&[u8]> = hello.alpn.iter().collect();
+            let theirs: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+            assert_eq!(ours, theirs, "alpn");
+        }
+        Progress::Reject(error) if stricter_than_rustls(&error) => {}
+        other => panic!("rustls accepted this hello; sniroute answered {other:?}"),
+    }
+}
+
+/// Where sniroute refuses a hello that rustls' `Acceptor` takes, and why (README "Fuzzing"):
+/// bounds rustls does not set (extension and ALPN counts), and records that RFC 8446 §5.1 forbids
+/// but rustls tolerates in the first flight.
+pub fn stricter_than_rustls(error: &HelloError) -> bool {
+    matches!(
+        error,
+        HelloError::TooManyExtensions | HelloError::TooManyAlpnProtocols | HelloError::EmptyRecord
+    )
+}
+
+/// What rustls sees in `data`: `None` if it refuses the hello or needs more bytes.
+fn rustls_view(data: &[u8]) -> Option<(Option<String>, Vec<Vec<u8>>)> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = data;
+    let accepted = loop {
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) if rest.is_empty() => return None,
+            Ok(None) => {
+                if acceptor.read_tls(&mut rest).is_err() {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    };
+    let hello = accepted.client_hello();
+    let name = hello
+        .server_name()
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase());
+    let alpn = hello
+        .alpn()
+        .map(|protocols| protocols.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    Some((name, alpn))
+}
+
+/// Text into the routes.toml loader: it never panics, and a fault it reports is one line that
+/// points inside the input.
+pub fn config(text: &str) {
+    if let Err(error) = Config::parse(Path::new("routes.toml"), text) {
+        let line = error.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        if let Some((line_number, column)) = error.position {
+            assert!(line_number >= 1 && column >= 1);
+            assert!(
+                line_number <= text.split('\n').count(),
+                "line {line_number} of {}",
+                text.split('\n').count()
+            );
+        }
+    }
+}
+
+/// A route table and lookups made from `data`: every lookup returns a route whose pattern
+/// matches the name, and no matching route is more specific (exact over wildcard, a longer
+/// suffix over a shorter one); a name no route matches gets `[default]`.
+pub fn route(data: &[u8]) {
+    let (table_bytes, lookups) = data.split_at(data.len() / 2);
+    let mut patterns: Vec<NamePattern> = Vec::new();
+    for chunk in table_bytes.chunks(4) {
+        let Some(pattern) = pattern_from(chunk) else {
+            continue;
+        };
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    let backend = Backend::Addr(([127, 0, 0, 1], 9).into());
+    let routes: Vec<Route> = patterns
+        .into_iter()
+        .enumerate()
+        .map(|(line, pattern)| Route {
+            name: format!("r{line}"),
+            sni: Some(pattern),
+            alpn: Vec::new(),
+            backend: backend.clone(),
+            line,
+        })
+        .collect();
+    let config = Config {
+        listeners: vec![Listen {
+            address: ([127, 0, 0, 1], 0).into(),
+            position: (1, 1),
+        }],
+        timeouts: Timeouts::default(),
+        limits: Limits::default(),
+        routes,
+        default: Some(Route {
+            name: "default".to_owned(),
+            sni: None,
+            alpn: Vec::new(),
+            backend,
+            line: 0,
+        }),
+    };
+    let table = RouteTable::new(&config);
+    let offer = crate::hello::Alpn::default();
+    for chunk in lookups.chunks(3) {
+        let Some(name) = name_from(chunk) else {
+            continue;
+        };
+        let decision = table.lookup(Some(&name), &offer);
+        let specificity = |route: &Route| match &route.sni {
+            Some(NamePattern::Exact(_)) => usize::MAX,
+            Some(NamePattern::Wildcard(suffix)) => suffix.len(),
+            None => 0,
+        };
+        let best = config
+            .routes
+            .iter()
+            .filter(|route| route.sni.as_ref().is_some_and(|p| p.matches(&name)))
+            .map(specificity)
+            .max();
+        let route = decision.route.expect("a default route exists");
+        match best {
+            Some(best) => {
+                assert!(
+                    route
+                        .sni
+                        .as_ref()
+                        .is_some_and(|pattern| pattern.matches(&name)),
+                    "{name} got {}",
+                    route.name
+                );
+                assert_eq!(specificity(route), best, "{name} got {}", route.name);
+            }
+            None => assert_eq!(route.name, "default", "{name}"),
+        }
+    }
+}
+
+/// A name of one to three labels from a three-letter alphabet, so that random tables and names
+/// collide often.
+fn name_from(bytes: &[u8]) -> Option<ServerName> {
+    let labels = 1 + usize::from(*bytes.first()? % 3);
+    let text: Vec<&str> = bytes
+        .iter()
+        .take(labels)
+        .map(|byte| ["a", "b", "c"][usize::from(byte >> 4) % 3])
+        .collect();
+    ServerName::parse(text.join(".").as_bytes()).ok()
+}
+
+fn pattern_from(bytes: &[u8]) -> Option<NamePattern> {
+    let (&kind, rest) = bytes.split_first()?;
+    let name = name_from(rest)?;
+    let text = if kind & 1 == 1 {
+        format!("*.{name}")
+    } else {
+        name.to_string()
+    };
+    NamePattern::parse(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hello::synth::ClientHelloBuilder;
+
+    /// The differential oracle only means something if rustls accepts the hellos it is given.
+    #[test]
+    fn rustls_accepts_the_synthetic_hellos_and_sniroute_agrees() {
+        let hello = ClientHelloBuilder::new()
+            .server_name("A.example.test")
+            .alpn(&["h2", "x"])
+            .record();
+        let (name, alpn) = rustls_view(&hello).expect("rustls accepts the builder's hello");
+        assert_eq!(name.as_deref(), Some("a.example.test"));
+        assert_eq!(alpn, vec![b"h2".to_vec(), b"x".to_vec()]);
+        client_hello_rustls(&hello);
+    }
+
+    #[test]
+    fn an_ip_address_in_server_name_counts_as_no_name_as_in_rustls() {
+        let hello = ClientHelloBuilder::new().server_name("192.0.2.1").record();
+        assert_eq!(rustls_view(&hello).map(|view| view.0), Some(None));
+        client_hello_rustls(&hello);
+    }
+}
