@@ -101,12 +101,17 @@ pub fn client_hello_rustls(data: &[u8]) {
 }
 
 /// Where sniroute refuses a hello that rustls' `Acceptor` takes, and why (README "Fuzzing"):
-/// bounds rustls does not set (extension and ALPN counts), and records that RFC 8446 §5.1 forbids
-/// but rustls tolerates in the first flight.
+/// - sniroute bounds the number of extensions and ALPN protocols it reads; rustls does not;
+/// - in server_name, rustls stops reading at the first entry that is not a host_name and
+///   ignores whatever follows, even bytes that don't parse; sniroute reads every entry (each has
+///   a 16-bit length, RFC 6066 §3) and refuses a list that doesn't add up, so no bytes in the
+///   name list go unexamined.
 pub fn stricter_than_rustls(error: &HelloError) -> bool {
     matches!(
         error,
-        HelloError::TooManyExtensions | HelloError::TooManyAlpnProtocols | HelloError::EmptyRecord
+        HelloError::TooManyExtensions
+            | HelloError::TooManyAlpnProtocols
+            | HelloError::Malformed("server_name entry")
     )
 }
 
@@ -271,6 +276,49 @@ mod tests {
         assert_eq!(name.as_deref(), Some("a.example.test"));
         assert_eq!(alpn, vec![b"h2".to_vec(), b"x".to_vec()]);
         client_hello_rustls(&hello);
+    }
+
+    /// Each case [`stricter_than_rustls`] names is one rustls really accepts.
+    #[test]
+    fn the_documented_differences_from_rustls_are_real() {
+        let mut many_extensions = ClientHelloBuilder::new().server_name("a.test");
+        for extension_type in 0..MAX_EXTENSIONS as u16 {
+            many_extensions = many_extensions.extension(0x7a00 + extension_type, []);
+        }
+        let many_extensions = many_extensions.record();
+        let protocols: Vec<String> = (0..=MAX_ALPN_PROTOCOLS).map(|i| format!("p{i}")).collect();
+        let many_protocols = ClientHelloBuilder::new()
+            .server_name("a.test")
+            .alpn(&protocols)
+            .record();
+        // A host_name followed by an entry of another type that doesn't parse.
+        let mut names = vec![0, 0, 0, 0, 6];
+        names.extend_from_slice(b"a.test");
+        names.extend_from_slice(&[0x73, 0x74]);
+        let list_len = (names.len() - 2) as u16;
+        names[..2].copy_from_slice(&list_len.to_be_bytes());
+        let trailing_entry = ClientHelloBuilder::new().extension(0, &names).record();
+        for (what, hello, error) in [
+            (
+                "server_name entry",
+                trailing_entry,
+                HelloError::Malformed("server_name entry"),
+            ),
+            ("extensions", many_extensions, HelloError::TooManyExtensions),
+            (
+                "alpn protocols",
+                many_protocols,
+                HelloError::TooManyAlpnProtocols,
+            ),
+        ] {
+            assert!(rustls_view(&hello).is_some(), "rustls refuses too: {what}");
+            assert_eq!(
+                Peeker::new(usize::MAX).feed(&hello),
+                Progress::Reject(error),
+                "{what}"
+            );
+            assert!(stricter_than_rustls(&error));
+        }
     }
 
     #[test]
