@@ -243,6 +243,8 @@ async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
         .unwrap()
         .starts_with("127.0.0.1:"));
     assert!(record["duration_ms"].is_u64());
+    let ja4 = record["ja4"].as_str().unwrap();
+    assert!(ja4.starts_with("t13d") && ja4.len() == 36, "{ja4}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])

@@ -9,6 +9,7 @@
 //! them unchanged) and passes the whole stream received so far on every call.
 
 mod error;
+mod ja4;
 mod parse;
 pub mod synth;
 
@@ -16,6 +17,7 @@ use std::fmt;
 use std::ops::Range;
 
 pub use error::{alert_name, HelloError};
+pub use ja4::Ja4;
 
 use crate::name::ServerName;
 

@@ -87,6 +87,69 @@ fn captured_hellos_give_their_name_and_alpn() {
     }
 }
 
+/// JA4 of every capture, pinned. curl 7.88/OpenSSL 3.0's is the value published for curl in
+/// several JA4 databases; Chromium's `t13d1517h2_8daaf6152771` prefix is the one published for
+/// Chrome (its 15 ciphers are FoxIO's worked example); the rest are regression pins.
+#[test]
+fn captured_hellos_have_their_ja4() {
+    let expected = [
+        ("chromium.bin", "t13d1517h2_8daaf6152771_0d789d2519e1"),
+        ("curl-openssl3.bin", "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6"),
+        (
+            "curl-to-ip-address.bin",
+            "t13i3111h2_e8f1e7e78f70_b26ce05bbdd6",
+        ),
+        ("gnutls-cli.bin", "t13d2914h2_723694b0fccc_2cc26d266019"),
+        ("go-crypto-tls.bin", "t13d1910h2_9dc949149365_97f8aa674fd9"),
+        (
+            "ip-literal-sni-openssl.bin",
+            "t13d311000_e8f1e7e78f70_1f22a2ca17c4",
+        ),
+        (
+            "java-httpclient.bin",
+            "t13d3713h2_db35923f8641_7c76daad20ec",
+        ),
+        ("no-sni-openssl.bin", "t13i310900_e8f1e7e78f70_1f22a2ca17c4"),
+        (
+            "openssl-s_client.bin",
+            "t13d3111h2_e8f1e7e78f70_1f22a2ca17c4",
+        ),
+        (
+            "openssl-two-records.bin",
+            "t13d3111xo_e8f1e7e78f70_1f22a2ca17c4",
+        ),
+        ("python-ssl.bin", "t13d1812h2_85036bcba153_d41ae481755e"),
+        (
+            "rustls-five-records.bin",
+            "t13d1011h2_61a7ad8aa9b6_0d308c48d2a3",
+        ),
+        (
+            "rustls-post-quantum.bin",
+            "t13d1011h2_61a7ad8aa9b6_0d308c48d2a3",
+        ),
+        (
+            "synthetic-grease-heavy.bin",
+            "t13d04060a_77f0cd3447db_e12c865f31a5",
+        ),
+        (
+            "synthetic-oversize.bin",
+            "t13d040600_77f0cd3447db_824aca5a4570",
+        ),
+        (
+            "synthetic-padding.bin",
+            "t13d0407h2_77f0cd3447db_824aca5a4570",
+        ),
+    ];
+    assert_eq!(expected.len(), CAPTURES.len());
+    for (file, ja4) in expected {
+        assert_eq!(
+            hello(feed_whole(&capture(file))).ja4().as_str(),
+            ja4,
+            "{file}"
+        );
+    }
+}
+
 #[test]
 fn captured_refusals_are_refused() {
     assert_eq!(rejection(&capture("sslv2.bin")), HelloError::Sslv2);

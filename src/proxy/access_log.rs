@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::{Outcome, Side};
 use crate::config::{Route, NO_ROUTE_NAME};
-use crate::hello::Alpn;
+use crate::hello::{Alpn, Ja4};
 use crate::name::ServerName;
 
 /// What is known of one connection so far; logged on drop.
@@ -17,6 +17,7 @@ pub(super) struct AccessLog<'a> {
     client: SocketAddr,
     pub(super) server_name: Option<ServerName>,
     pub(super) alpn: Alpn,
+    pub(super) ja4: Option<Ja4>,
     pub(super) route: Option<&'a Route>,
     pub(super) backend: Option<SocketAddr>,
     pub(super) to_backend: u64,
@@ -32,6 +33,7 @@ impl AccessLog<'_> {
             client,
             server_name: None,
             alpn: Alpn::default(),
+            ja4: None,
             route: None,
             backend: None,
             to_backend: 0,
@@ -54,6 +56,7 @@ impl Drop for AccessLog<'_> {
         let backend = self
             .backend
             .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
+        let ja4 = self.ja4.as_ref().map_or("-", Ja4::as_str);
         tracing::info!(
             target: "sniroute::access",
             sni = sni,
@@ -66,6 +69,7 @@ impl Drop for AccessLog<'_> {
             duration_ms = self.start.elapsed().as_millis() as u64,
             outcome = outcome.as_str(),
             side = %side,
+            ja4 = ja4,
             "connection closed"
         );
     }

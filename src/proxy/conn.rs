@@ -63,6 +63,7 @@ async fn handle<'a>(
         }
         Ok(Ok(hello)) => hello,
     };
+    log.ja4 = Some(hello.ja4());
     log.server_name = hello.server_name;
     log.alpn = hello.alpn;
 
