@@ -92,7 +92,17 @@ impl Proxy {
 
     /// Asks for a shutdown and waits until every connection is gone.
     pub async fn shutdown(self) {
-        self.signals.send(Signal::Shutdown).await.unwrap();
+        self.signal(Signal::Shutdown).await;
+        self.stopped().await;
+    }
+
+    /// Sends a signal, as SIGHUP or SIGTERM would.
+    pub async fn signal(&self, signal: Signal) {
+        self.signals.send(signal).await.unwrap();
+    }
+
+    /// Waits until the server's `run` has returned.
+    pub async fn stopped(self) {
         guard(self.task).await.unwrap();
     }
 }

@@ -1,0 +1,73 @@
+//! Shutdown (SIGTERM/SIGINT), driven by an injected signal: listeners close, connections still
+//! sending their hello close, spliced connections finish within the drain time, the rest close.
+
+mod support;
+
+use sniroute::hello::synth::ClientHelloBuilder;
+use sniroute::server::Signal;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An echo backend: everything it reads it writes back, until EOF.
+async fn echo_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    address
+}
+
+/// Opens a spliced connection through `proxy` and proves it spliced: the hello comes back.
+async fn spliced(proxy: std::net::SocketAddr) -> TcpStream {
+    let hello = ClientHelloBuilder::new().server_name("echo.test").record();
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(&hello).await.unwrap();
+    let mut echoed = vec![0; hello.len()];
+    guard(stream.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(echoed, hello);
+    stream
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_connections_closes_hellos_and_lets_spliced_ones_finish() {
+    let backend = echo_backend().await;
+    let proxy = Proxy::start(&format!("[timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n")).await;
+    let address = proxy.address;
+    let mut busy = spliced(address).await;
+    let mut waiting = TcpStream::connect(address).await.unwrap();
+    waiting.write_all(&[22, 3, 1]).await.unwrap();
+
+    proxy.signal(Signal::Shutdown).await;
+    // The connection still sending its hello is closed (after the listeners).
+    assert_eq!(read_until_closed(&mut waiting).await, b"");
+    // New connections are refused.
+    assert!(TcpStream::connect(address).await.is_err());
+    // The spliced connection goes on as long as it likes within the drain time.
+    busy.write_all(b"still here").await.unwrap();
+    let mut echoed = [0; 10];
+    guard(busy.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"still here");
+    busy.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut busy).await, b"");
+    // With the last connection gone, the server has stopped.
+    proxy.stopped().await;
+}
+
+#[tokio::test]
+async fn connections_still_open_when_the_drain_time_is_up_are_closed() {
+    let backend = echo_backend().await;
+    let proxy = Proxy::start(&format!("[timeouts]\ndrain = \"100ms\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n")).await;
+    let mut lingering = spliced(proxy.address).await;
+    proxy.signal(Signal::Shutdown).await;
+    // Never closed by the client: the proxy closes it once the drain time is up, and stops.
+    assert_eq!(read_until_closed(&mut lingering).await, b"");
+    proxy.stopped().await;
+}
