@@ -195,8 +195,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "limits    max_connections {}, max_client_hello {}",
-        config.limits.max_connections, config.limits.max_client_hello
+        "limits    max_connections {}, max_client_hello {}, max_pending_per_ip {}",
+        config.limits.max_connections,
+        config.limits.max_client_hello,
+        config.limits.max_pending_per_ip
     )?;
     writeln!(out, "routes, in the order they match:")?;
     let rows: Vec<[String; 5]> = in_match_order(&config)

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
-use crate::proxy::{Listener, Live, Shutdown};
+use crate::proxy::{Listener, Live, PendingHellos, Shutdown};
 
 /// What the outside world asks of a running server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +76,14 @@ impl Server {
     pub async fn run(self, mut signals: mpsc::Receiver<Signal>) {
         let shutdown = Shutdown::default();
         let connections = TaskTracker::new();
+        let pending = Arc::new(PendingHellos::default());
         let accept_loops = TaskTracker::new();
         for listener in self.listeners {
             tracing::info!(address = %listener.address, "listening");
             accept_loops.spawn(listener.run(
                 self.live.clone(),
                 self.permits.clone(),
+                pending.clone(),
                 connections.clone(),
                 shutdown.clone(),
             ));

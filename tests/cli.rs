@@ -93,12 +93,12 @@ fn check_prints_the_resolved_route_table_in_match_order() {
         "{}: ok
 listen    127.0.0.1:8443
 timeouts  client_hello 10s, connect 5s, idle 1h, drain 30s
-limits    max_connections 50000, max_client_hello 65536
+limits    max_connections 50000, max_client_hello 65536, max_pending_per_ip 64
 routes, in the order they match:
   line  name              sni               alpn  backend
-  19    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001
-  28    beta.demo.test    beta.demo.test    -     127.0.0.1:9002
-  24    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002
+  21    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001
+  30    beta.demo.test    beta.demo.test    -     127.0.0.1:9002
+  26    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002
 no [default]: hellos without a name or with an unknown one get an unrecognized_name alert
 ",
         example()
@@ -120,7 +120,7 @@ fn explain_says_which_route_and_why() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         text(&output.stdout),
-        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 24)\nbackend  127.0.0.1:9002\nwhy      the longest matching wildcard\n"
+        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 26)\nbackend  127.0.0.1:9002\nwhy      the longest matching wildcard\n"
     );
     let output = sniroute(&["explain", "--config", &example(), "--sni", "nobody.test"]);
     assert_eq!(

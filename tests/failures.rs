@@ -245,3 +245,50 @@ async fn connections_over_the_limit_are_closed_at_once_and_others_resume() {
     );
     proxy.shutdown().await;
 }
+
+/// Connects to `proxy` from `source` (any 127/8 address is this machine's loopback).
+async fn connect_from(source: &str, proxy: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_address_with_too_many_pending_hellos_is_refused_while_others_are_served() {
+    let mut backend = Recording::start("served").await;
+    let proxy = Proxy::start(&format!(
+        "[limits]\nmax_pending_per_ip = 2\n[[route]]\nsni = \"served.test\"\nbackend = \"{}\"\n",
+        backend.address
+    ))
+    .await;
+    let hello = ClientHelloBuilder::new()
+        .server_name("served.test")
+        .record();
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.1", proxy.address).await;
+        stream.write_all(&hello[..10]).await.unwrap();
+        stalled.push(stream);
+    }
+    // A third pending hello from 127.0.0.1 is closed at once, without a byte.
+    let mut third = connect_from("127.0.0.1", proxy.address).await;
+    third.write_all(&hello).await.unwrap();
+    let _ = third.shutdown().await;
+    assert_eq!(read_until_closed(&mut third).await, b"");
+    // Another address is served meanwhile.
+    let mut other = connect_from("127.0.0.2", proxy.address).await;
+    other.write_all(&hello).await.unwrap();
+    other.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut other).await, b"served");
+    assert_eq!(backend.next().await, hello);
+    // A stalled hello that completes frees its slot: 127.0.0.1 is served again.
+    let mut first = stalled.remove(0);
+    first.write_all(&hello[10..]).await.unwrap();
+    first.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut first).await, b"served");
+    let mut again = connect_from("127.0.0.1", proxy.address).await;
+    again.write_all(&hello).await.unwrap();
+    again.shutdown().await.unwrap();
+    assert_eq!(read_until_closed(&mut again).await, b"served");
+    proxy.shutdown().await;
+}

@@ -39,7 +39,10 @@ async fn spliced(proxy: std::net::SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn shutdown_refuses_new_connections_closes_hellos_and_lets_spliced_ones_finish() {
     let backend = echo_backend().await;
-    let proxy = Proxy::start(&format!("[timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n")).await;
+    let proxy = Proxy::start(&format!(
+        "[timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+    ))
+    .await;
     let address = proxy.address;
     let mut busy = spliced(address).await;
     let mut waiting = TcpStream::connect(address).await.unwrap();
@@ -64,7 +67,10 @@ async fn shutdown_refuses_new_connections_closes_hellos_and_lets_spliced_ones_fi
 #[tokio::test]
 async fn connections_still_open_when_the_drain_time_is_up_are_closed() {
     let backend = echo_backend().await;
-    let proxy = Proxy::start(&format!("[timeouts]\ndrain = \"100ms\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n")).await;
+    let proxy = Proxy::start(&format!(
+        "[timeouts]\ndrain = \"100ms\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+    ))
+    .await;
     let mut lingering = spliced(proxy.address).await;
     proxy.signal(Signal::Shutdown).await;
     // Never closed by the client: the proxy closes it once the drain time is up, and stops.

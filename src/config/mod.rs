@@ -88,6 +88,10 @@ pub struct Limits {
     /// Bytes of ClientHello at most, record headers included, across records. Default 65,536;
     /// a longer hello is refused (outcome `hello_too_large`).
     pub max_client_hello: usize,
+    /// Connections from one client address still sending their hello, at most; 0 for no limit.
+    /// Default 64; past it new connections from that address are closed at once (outcome
+    /// `pending_limit`) while other addresses are served.
+    pub max_pending_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -95,6 +99,7 @@ impl Default for Limits {
         Self {
             max_connections: 50_000,
             max_client_hello: 65_536,
+            max_pending_per_ip: 64,
         }
     }
 }
@@ -102,6 +107,7 @@ impl Default for Limits {
 /// The bounds `[limits]` values must fall within.
 const MAX_CONNECTIONS: Range<i64> = 1..10_000_001;
 const MAX_CLIENT_HELLO: Range<i64> = 512..16_777_217;
+const MAX_PENDING_PER_IP: Range<i64> = 0..1_000_001;
 
 /// One `[[route]]` (or `[default]`, with no `sni`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,9 +321,6 @@ fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigErro
                 ),
             )),
         };
-    if let Some(value) = &raw.max_pending_per_ip {
-        return Err(source.at(value, "limits.max_pending_per_ip", "not supported yet"));
-    }
     Ok(Limits {
         max_connections: bounded(
             &raw.max_connections,
@@ -330,6 +333,12 @@ fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigErro
             "max_client_hello",
             MAX_CLIENT_HELLO,
             defaults.max_client_hello,
+        )?,
+        max_pending_per_ip: bounded(
+            &raw.max_pending_per_ip,
+            "max_pending_per_ip",
+            MAX_PENDING_PER_IP,
+            defaults.max_pending_per_ip,
         )?,
     })
 }

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use super::access_log::AccessLog;
-use super::listener::Shutdown;
+use super::listener::{PendingSlot, Shutdown};
 use super::splice::{splice, Activity, Counted};
 use super::{alert, Live, Outcome, Side};
 use crate::config::Backend;
@@ -34,9 +34,10 @@ pub(super) async fn serve(
     live: Arc<Live>,
     shutdown: Shutdown,
     permit: OwnedSemaphorePermit,
+    pending: PendingSlot,
 ) {
     let mut log = AccessLog::new(client_addr);
-    log.outcome = handle(&mut client, &live, &mut log, &shutdown).await;
+    log.outcome = handle(&mut client, &live, &mut log, &shutdown, pending).await;
     drop(permit);
     drop(client);
 }
@@ -46,6 +47,7 @@ async fn handle<'a>(
     live: &'a Live,
     log: &mut AccessLog<'a>,
     shutdown: &Shutdown,
+    pending: PendingSlot,
 ) -> (Outcome, Side) {
     let _ = client.set_nodelay(true);
     let limit = live.limits.max_client_hello;
@@ -54,6 +56,8 @@ async fn handle<'a>(
         read = timeout(live.timeouts.client_hello, read_hello(client, &mut buffer, limit)) => read,
         () = shutdown.hellos.cancelled() => return (Outcome::Drained, Side::Internal),
     };
+    // The hello phase is over, whatever its result: this address has one pending hello less.
+    drop(pending);
     let hello = match read {
         Err(_elapsed) => return (Outcome::HelloTimeout, Side::Client),
         Ok(Err(None)) => return (Outcome::ClientClosed, Side::Client),

@@ -1,8 +1,9 @@
 //! Accepting connections: the connection cap, accept errors, and handing each connection to its
 //! own tracked task.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -28,6 +29,54 @@ pub struct Shutdown {
     pub splices: CancellationToken,
 }
 
+/// Connections still sending their hello, per client address (`limits.max_pending_per_ip`).
+///
+/// Locked twice per connection, at accept and when its hello phase ends; never on the data path.
+/// Holds an entry only for addresses with a pending hello, so it is bounded by the connection cap.
+#[derive(Debug, Default)]
+pub struct PendingHellos {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PendingHellos {
+    /// A slot for one more pending hello from `address`, or `None` if it already has `limit`
+    /// (0: no limit).
+    pub(super) fn enter(self: &Arc<Self>, address: IpAddr, limit: usize) -> Option<PendingSlot> {
+        if limit > 0 {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = counts.entry(address).or_default();
+            if *count >= limit {
+                return None;
+            }
+            *count += 1;
+        }
+        Some(PendingSlot {
+            hellos: (limit > 0).then(|| self.clone()),
+            address,
+        })
+    }
+}
+
+/// One pending hello; given back when dropped.
+#[derive(Debug)]
+pub(super) struct PendingSlot {
+    hellos: Option<Arc<PendingHellos>>,
+    address: IpAddr,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let Some(hellos) = &self.hellos else { return };
+        let mut counts = hellos.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// A bound listening socket and what its connections share.
 #[derive(Debug)]
 pub struct Listener {
@@ -39,11 +88,13 @@ pub struct Listener {
 
 impl Listener {
     /// Accepts until `shutdown.accepting` fires, spawning each connection on `tracker` with the
-    /// routes live at its accept; past `permits`, connections are closed at once.
+    /// routes live at its accept; past `permits`, or past the pending hellos its address may
+    /// have, connections are closed at once.
     pub async fn run(
         self,
         live: Arc<ArcSwap<Live>>,
         permits: Arc<Semaphore>,
+        pending: Arc<PendingHellos>,
         tracker: TaskTracker,
         shutdown: Shutdown,
     ) {
@@ -73,12 +124,18 @@ impl Listener {
                 continue;
             };
             let live = live.load_full();
+            let Some(slot) = pending.enter(client_addr.ip(), live.limits.max_pending_per_ip) else {
+                let mut log = AccessLog::new(client_addr);
+                log.outcome = (Outcome::PendingLimit, Side::Internal);
+                continue;
+            };
             tracker.spawn(conn::serve(
                 stream,
                 client_addr,
                 live,
                 shutdown.clone(),
                 permit,
+                slot,
             ));
         }
     }

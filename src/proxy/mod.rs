@@ -13,7 +13,7 @@ mod splice;
 
 use std::fmt;
 
-pub use listener::{Listener, Shutdown};
+pub use listener::{Listener, PendingHellos, Shutdown};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::hello::HelloError;
@@ -50,6 +50,8 @@ pub enum Outcome {
     Drained,
     /// Over `limits.max_connections`: closed at accept.
     OverLimit,
+    /// Over `limits.max_pending_per_ip` for its address: closed at accept.
+    PendingLimit,
 }
 
 impl Outcome {
@@ -70,6 +72,7 @@ impl Outcome {
             Self::Reset => "reset",
             Self::Drained => "drained",
             Self::OverLimit => "over_limit",
+            Self::PendingLimit => "pending_limit",
         }
     }
 }
