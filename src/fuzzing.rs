@@ -192,6 +192,7 @@ pub fn route(data: &[u8]) {
         }],
         timeouts: Timeouts::default(),
         limits: Limits::default(),
+        metrics: None,
         routes,
         default: Some(Route {
             name: "default".to_owned(),

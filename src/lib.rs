@@ -10,9 +10,11 @@
 //! name         ServerName, NamePattern                                → –
 //! hello        Peeker::feed -> Progress; record reassembly; alerts    → name
 //! config       routes.toml: raw serde mirror → validated Config       → name
-//! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name
-//! proxy        listener, conn, splice, alert, access_log              → hello, route, config
-//! server       bind, live table, reload, shutdown and drain           → proxy, config
+//! outcome      Outcome, Side: how a connection ended                  → –
+//! metrics      series names, per-route handles, GET /metrics           → outcome
+//! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name, metrics
+//! proxy        listener, conn, splice, alert, access_log              → hello, route, config, metrics
+//! server       bind, live table, reload, shutdown and drain           → proxy, config, metrics
 //! ```
 //!
 //! `name`, `hello`, `config` and `route` do no I/O and never import tokio: they are what the
@@ -30,7 +32,9 @@ pub mod config;
 pub mod demo;
 pub mod fuzzing;
 pub mod hello;
+pub mod metrics;
 pub mod name;
+pub mod outcome;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, Config, ConfigError, Listen};
+use crate::metrics::{self as series, ListenerMetrics};
 use crate::proxy::{Listener, Live, PendingHellos, Shutdown};
 
 /// What the outside world asks of a running server.
@@ -30,6 +31,8 @@ pub enum Signal {
 pub struct Server {
     path: PathBuf,
     listeners: Vec<Listener>,
+    /// `GET /metrics`, where the config asks for it.
+    metrics: Option<(TcpListener, SocketAddr)>,
     live: Arc<ArcSwap<Live>>,
     permits: Arc<Semaphore>,
 }
@@ -40,26 +43,37 @@ impl Server {
     /// # Errors
     /// A listener that can't be bound, as a [`ConfigError`] naming its line in `path`.
     pub async fn bind(path: &Path, config: &Config) -> Result<Self, ConfigError> {
+        // The recorder goes in before any handle is made, or those handles would record nothing.
+        let metrics = match &config.metrics {
+            Some(listen) => {
+                let socket = bind(path, listen, "metrics.address").await?;
+                series::install();
+                Some(socket)
+            }
+            None => None,
+        };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, listen) in config.listeners.iter().enumerate() {
-            let bound = TcpListener::bind(listen.address).await.and_then(|socket| {
-                let address = socket.local_addr()?;
-                Ok(Listener { socket, address })
+            let (socket, address) = bind(path, listen, &format!("listen[{index}].address")).await?;
+            let metrics = ListenerMetrics::new(&address.to_string());
+            listeners.push(Listener {
+                socket,
+                address,
+                metrics,
             });
-            let listener = bound.map_err(|error| ConfigError {
-                file: path.to_owned(),
-                position: Some(listen.position),
-                key: format!("listen[{index}].address"),
-                message: format!("cannot bind {}: {error}", listen.address),
-            })?;
-            listeners.push(listener);
         }
         Ok(Self {
             path: path.to_owned(),
             listeners,
+            metrics,
             live: Arc::new(ArcSwap::from_pointee(Live::new(config))),
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
         })
+    }
+
+    /// Where `GET /metrics` is served, if the config asks for it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, address)| *address)
     }
 
     /// The bound addresses, in config order (the real ports where the config said `:0`).
@@ -88,6 +102,16 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        // Metrics stay up through the drain, so it can be watched; they stop last.
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        let metrics_task = self.metrics.map(|(socket, address)| {
+            tracing::info!(%address, "serving metrics");
+            tokio::spawn(series::serve(
+                socket,
+                series::install(),
+                metrics_stop.clone(),
+            ))
+        });
         accept_loops.close();
         notify_ready();
 
@@ -95,9 +119,13 @@ impl Server {
             match config::load(&self.path) {
                 Ok(config) => {
                     self.live.store(Arc::new(Live::new(&config)));
+                    metrics::counter!(series::CONFIG_RELOADS, "result" => "ok").increment(1);
                     tracing::info!(file = %self.path.display(), "config reloaded");
                 }
-                Err(error) => tracing::warn!(%error, "reload refused; the previous config stays"),
+                Err(error) => {
+                    metrics::counter!(series::CONFIG_RELOADS, "result" => "error").increment(1);
+                    tracing::warn!(%error, "reload refused; the previous config stays");
+                }
             }
         }
 
@@ -114,8 +142,30 @@ impl Server {
             shutdown.splices.cancel();
             connections.wait().await;
         }
+        metrics_stop.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         tracing::info!("stopped");
     }
+}
+
+/// Binds `listen` (which routes.toml names as `key`), or says which line couldn't be bound.
+async fn bind(
+    path: &Path,
+    listen: &Listen,
+    key: &str,
+) -> Result<(TcpListener, SocketAddr), ConfigError> {
+    let bound = TcpListener::bind(listen.address).await.and_then(|socket| {
+        let address = socket.local_addr()?;
+        Ok((socket, address))
+    });
+    bound.map_err(|error| ConfigError {
+        file: path.to_owned(),
+        position: Some(listen.position),
+        key: key.to_owned(),
+        message: format!("cannot bind {}: {error}", listen.address),
+    })
 }
 
 /// Tells systemd the proxy is ready (`READY=1` to `$NOTIFY_SOCKET`), if it asked.

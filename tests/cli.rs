@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sniroute");
 
 fn sniroute(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -96,9 +93,9 @@ timeouts  client_hello 10s, connect 5s, idle 1h, drain 30s
 limits    max_connections 50000, max_client_hello 65536, max_pending_per_ip 64
 routes, in the order they match:
   line  name              sni               alpn  backend
-  21    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001
-  30    beta.demo.test    beta.demo.test    -     127.0.0.1:9002
-  26    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002
+  24    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001
+  33    beta.demo.test    beta.demo.test    -     127.0.0.1:9002
+  29    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002
 no [default]: hellos without a name or with an unknown one get an unrecognized_name alert
 ",
         example()
@@ -120,7 +117,7 @@ fn explain_says_which_route_and_why() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         text(&output.stdout),
-        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 26)\nbackend  127.0.0.1:9002\nwhy      the longest matching wildcard\n"
+        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 29)\nbackend  127.0.0.1:9002\nwhy      the longest matching wildcard\n"
     );
     let output = sniroute(&["explain", "--config", &example(), "--sni", "nobody.test"]);
     assert_eq!(
@@ -174,42 +171,6 @@ fn peek_prints_what_the_peeker_sees() {
     );
 }
 
-/// Starts the binary, waits for its `listening` line, and returns the child, its address and
-/// the rest of its stderr.
-async fn start_binary(
-    config: &Path,
-    extra: &[&str],
-) -> (
-    tokio::process::Child,
-    std::net::SocketAddr,
-    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-) {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    loop {
-        let line = guard(lines.next_line())
-            .await
-            .unwrap()
-            .expect("stderr ended before the listening line");
-        if line.contains("listening") {
-            let address = line
-                .split(['=', ' ', '"', '}', ','])
-                .filter_map(|word| word.parse().ok())
-                .next()
-                .expect("address in the listening line");
-            return (child, address, lines);
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
     let backend = tls_backend("alpha", &["alpha.test"]).await;
@@ -218,19 +179,14 @@ async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
         dir.path(),
         &format!("[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"alpha.test\"\nbackend = \"{backend}\"\n"),
     );
-    let (mut child, address, mut lines) =
-        start_binary(&config, &["--log-format", "json", "--workers", "2"]).await;
+    let mut binary = Binary::start(&config, &["--log-format", "json", "--workers", "2"]).await;
+    let address = binary.wait_for_address("listening").await;
 
     let exchange = tls_exchange(address, "alpha.test", &["h2", "http/1.1"], Shape::PLAIN).await;
     assert_eq!(exchange.answer.unwrap(), "alpha: sni=alpha.test alpn=-");
 
-    let record: serde_json::Value = loop {
-        let line = guard(lines.next_line()).await.unwrap().unwrap();
-        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if value["target"] == "sniroute::access" {
-            break value;
-        }
-    };
+    let line = binary.wait_for_line("sniroute::access").await;
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(record["sni"], "alpha.test");
     assert_eq!(record["alpn"], "h2,http/1.1");
     assert_eq!(record["route"], "alpha.test");
@@ -246,11 +202,5 @@ async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
     let ja4 = record["ja4"].as_str().unwrap();
     assert!(ja4.starts_with("t13d") && ja4.len() == 36, "{ja4}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = guard(child.wait()).await.unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(binary.terminate().await, Some(0));
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Size and count limits.
     pub limits: Limits,
+    /// Where Prometheus scrapes `GET /metrics`; `None`: no metrics.
+    pub metrics: Option<Listen>,
     /// Routes in file order.
     pub routes: Vec<Route>,
     /// Where hellos with no name, or a name no route matches, go; `None`: they get an
@@ -182,7 +184,7 @@ impl Config {
     }
 
     fn from_raw(source: Source<'_>, raw: RawConfig) -> Result<Self, ConfigError> {
-        let mut listeners = Vec::new();
+        let mut listeners: Vec<Listen> = Vec::new();
         if raw.listen.is_empty() {
             return Err(source.error(0..0, "listen", "expected at least one [[listen]] table"));
         }
@@ -210,16 +212,7 @@ impl Config {
                 }
             }
             let address = &listen_table.address;
-            let addr: SocketAddr = address.get_ref().parse().map_err(|_| {
-                source.at(
-                    address,
-                    format!("{key}.address"),
-                    format!(
-                        "expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"",
-                        address.get_ref().escape_debug()
-                    ),
-                )
-            })?;
+            let addr = socket_address(source, address, &format!("{key}.address"))?.address;
             if let Some(earlier) = listeners
                 .iter()
                 .position(|other: &Listen| other.address == addr && addr.port() != 0)
@@ -236,9 +229,11 @@ impl Config {
             });
         }
 
-        if let Some(metrics) = &raw.metrics {
-            return Err(source.at(metrics, "metrics", "not supported yet"));
-        }
+        let metrics = raw
+            .metrics
+            .as_ref()
+            .map(|metrics| socket_address(source, &metrics.address, "metrics.address"))
+            .transpose()?;
         let timeouts = timeouts(source, &raw.timeouts)?;
         let limits = limits(source, &raw.limits)?;
 
@@ -257,10 +252,33 @@ impl Config {
             listeners,
             timeouts,
             limits,
+            metrics,
             routes,
             default,
         })
     }
+}
+
+/// An IP address and port, as `listen.address` and `metrics.address` take them.
+fn socket_address(
+    source: Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<Listen, ConfigError> {
+    let address = value.get_ref().parse().map_err(|_| {
+        source.at(
+            value,
+            key,
+            format!(
+                "expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"",
+                value.get_ref().escape_debug()
+            ),
+        )
+    })?;
+    Ok(Listen {
+        address,
+        position: source.line_column(value.span().start),
+    })
 }
 
 fn unsupported(

@@ -17,10 +17,16 @@ pub(super) struct RawConfig {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub limits: RawLimits,
-    pub metrics: Option<Spanned<Value>>,
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
     pub default: Option<Spanned<RawDefault>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub address: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,7 @@ fn faults_name_file_line_column_and_key() {
         (format!("{LISTEN}[timeouts]\nidle = \"soon\"\n"), "routes.toml:4:8: timeouts.idle: expected a duration like \"10s\" or \"500ms\", found \"soon\""),
         (format!("{LISTEN}[timeouts]\nconnect = \"0s\"\n"), "routes.toml:4:11: timeouts.connect: expected a duration above zero"),
         (format!("{LISTEN}[limits]\nmax_client_hello = 100\n"), "routes.toml:4:20: limits.max_client_hello: expected 512 to 16777216, found 100"),
+        (format!("{LISTEN}[metrics]\naddress = \"localhost:9100\"\n"), "routes.toml:4:11: metrics.address: expected an address like 127.0.0.1:8443 or [::1]:8443, found \"localhost:9100\""),
         (format!("{LISTEN}[limits]\nmax_pending_per_ip = -1\n"), "routes.toml:4:22: limits.max_pending_per_ip: expected 0 to 1000000, found -1"),
         (format!("{LISTEN}[[route]]\nsni = \"a.test\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:14: invalid basic string, expected `\"`"),
         (format!("{route}[[route]]\nsni = \"A.test.\"\nbackend = \"127.0.0.1:2\"\n"), "routes.toml:7:7: route[1].sni: same name as route[0] (line 3)"),
@@ -93,10 +94,6 @@ fn keys_of_later_releases_are_refused_by_name() {
         (
             format!("{route}backend_tls = {{ ca = \"x\" }}\n"),
             "routes.toml:6:15: route[0].backend_tls: not supported yet",
-        ),
-        (
-            format!("{route}[metrics]\naddress = \"127.0.0.1:9100\"\n"),
-            "routes.toml:6:1: metrics: not supported yet",
         ),
         (
             format!("{route}[default]\nbackend = \"127.0.0.1:9\"\nproxy_protocol = \"v1\"\n"),

@@ -1,5 +1,6 @@
 //! The access log: one line per connection, written when the connection's guard drops, so every
 //! exit path (a cancelled task included) logs exactly once. Target `sniroute::access`, INFO.
+//! The same guard records the connection's end in the route's series.
 
 use std::net::SocketAddr;
 
@@ -8,6 +9,7 @@ use tokio::time::Instant;
 use super::{Outcome, Side};
 use crate::config::{Route, NO_ROUTE_NAME};
 use crate::hello::{Alpn, Ja4};
+use crate::metrics::RouteMetrics;
 use crate::name::ServerName;
 
 /// What is known of one connection so far; logged on drop.
@@ -19,6 +21,8 @@ pub(super) struct AccessLog<'a> {
     pub(super) alpn: Alpn,
     pub(super) ja4: Option<Ja4>,
     pub(super) route: Option<&'a Route>,
+    /// The series the connection's end is counted in: its route's, or `route="none"`.
+    pub(super) metrics: &'a RouteMetrics,
     pub(super) backend: Option<SocketAddr>,
     pub(super) to_backend: u64,
     pub(super) to_client: u64,
@@ -26,8 +30,8 @@ pub(super) struct AccessLog<'a> {
     pub(super) outcome: (Outcome, Side),
 }
 
-impl AccessLog<'_> {
-    pub(super) fn new(client: SocketAddr) -> Self {
+impl<'a> AccessLog<'a> {
+    pub(super) fn new(client: SocketAddr, unmatched: &'a RouteMetrics) -> Self {
         Self {
             start: Instant::now(),
             client,
@@ -35,17 +39,29 @@ impl AccessLog<'_> {
             alpn: Alpn::default(),
             ja4: None,
             route: None,
+            metrics: unmatched,
             backend: None,
             to_backend: 0,
             to_client: 0,
             outcome: (Outcome::Drained, Side::Internal),
         }
     }
+
+    /// Time since accept.
+    pub(super) fn elapsed(&self) -> std::time::Duration {
+        self.start.elapsed()
+    }
 }
 
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
         let (outcome, side) = self.outcome;
+        let elapsed = self.start.elapsed();
+        let handles = self.metrics.handles();
+        handles.closed(outcome).increment(1);
+        handles.to_backend.increment(self.to_backend);
+        handles.to_client.increment(self.to_client);
+        handles.duration.record(elapsed.as_secs_f64());
         let sni = self.server_name.as_ref().map_or("-", ServerName::as_str);
         let alpn = if self.alpn.is_empty() {
             "-".to_owned()
@@ -66,7 +82,7 @@ impl Drop for AccessLog<'_> {
             backend.addr = backend,
             bytes.to_backend = self.to_backend,
             bytes.to_client = self.to_client,
-            duration_ms = self.start.elapsed().as_millis() as u64,
+            duration_ms = elapsed.as_millis() as u64,
             outcome = outcome.as_str(),
             side = %side,
             ja4 = ja4,

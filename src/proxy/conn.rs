@@ -12,7 +12,7 @@ use tls_parser::TlsAlertDescription;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 use super::access_log::AccessLog;
 use super::listener::{PendingSlot, Shutdown};
@@ -25,9 +25,9 @@ use crate::hello::{ClientHello, HelloError, Peeker, Progress};
 /// `limits.max_client_hello`.
 const INITIAL_HELLO_BUFFER: usize = 2048;
 
-/// Serves one accepted connection to its end, then writes its access-log line. The connection's
-/// slot (`permit`) is given back before the client socket closes, so a client that has seen the
-/// close can count on the slot being free.
+/// Serves one accepted connection to its end, then writes its access-log line and metrics. The
+/// line, the metrics and the connection's slot (`permit`) are all done with before the client
+/// socket closes, so a client that has seen the close can count on them.
 pub(super) async fn serve(
     mut client: TcpStream,
     client_addr: SocketAddr,
@@ -36,8 +36,11 @@ pub(super) async fn serve(
     permit: OwnedSemaphorePermit,
     pending: PendingSlot,
 ) {
-    let mut log = AccessLog::new(client_addr);
+    live.metrics.active.increment(1.0);
+    let mut log = AccessLog::new(client_addr, live.table.unmatched());
     log.outcome = handle(&mut client, &live, &mut log, &shutdown, pending).await;
+    drop(log);
+    live.metrics.active.decrement(1.0);
     drop(permit);
     drop(client);
 }
@@ -67,6 +70,10 @@ async fn handle<'a>(
         }
         Ok(Ok(hello)) => hello,
     };
+    live.metrics.hello_bytes.record(hello.wire_len as f64);
+    live.metrics
+        .hello_duration
+        .record(log.elapsed().as_secs_f64());
     log.ja4 = Some(hello.ja4());
     log.server_name = hello.server_name;
     log.alpn = hello.alpn;
@@ -77,10 +84,19 @@ async fn handle<'a>(
         return (Outcome::NoRoute, Side::Client);
     };
     log.route = Some(route);
+    log.metrics = decision.metrics;
+    let route_metrics = decision.metrics.handles();
 
+    let connecting = Instant::now();
     let backend = match timeout(live.timeouts.connect, connect(&route.backend)).await {
-        Ok(Ok(backend)) => backend,
+        Ok(Ok(backend)) => {
+            route_metrics
+                .connect_duration
+                .record(connecting.elapsed().as_secs_f64());
+            backend
+        }
         failed => {
+            route_metrics.connect_failures.increment(1);
             alert::close(client, Some(TlsAlertDescription::InternalError)).await;
             let outcome = if failed.is_err() {
                 Outcome::ConnectTimeout

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::access_log::AccessLog;
 use super::{conn, Live, Outcome, Side};
+use crate::metrics::ListenerMetrics;
 
 /// Longest pause after failed accepts (out of file descriptors, say) before trying again.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -84,6 +85,8 @@ pub struct Listener {
     pub socket: TcpListener,
     /// Its local address.
     pub address: SocketAddr,
+    /// Its series.
+    pub metrics: ListenerMetrics,
 }
 
 impl Listener {
@@ -118,14 +121,17 @@ impl Listener {
                     }
                 }
             };
+            self.metrics.accepted.increment(1);
+            let live = live.load_full();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                let mut log = AccessLog::new(client_addr);
+                self.metrics.over_max_connections.increment(1);
+                let mut log = AccessLog::new(client_addr, live.table.unmatched());
                 log.outcome = (Outcome::OverLimit, Side::Internal);
                 continue;
             };
-            let live = live.load_full();
             let Some(slot) = pending.enter(client_addr.ip(), live.limits.max_pending_per_ip) else {
-                let mut log = AccessLog::new(client_addr);
+                self.metrics.over_max_pending.increment(1);
+                let mut log = AccessLog::new(client_addr, live.table.unmatched());
                 log.outcome = (Outcome::PendingLimit, Side::Internal);
                 continue;
             };

@@ -11,98 +11,13 @@ mod conn;
 mod listener;
 mod splice;
 
-use std::fmt;
-
 pub use listener::{Listener, PendingHellos, Shutdown};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::hello::HelloError;
+use crate::metrics::ConnectionMetrics;
+pub use crate::outcome::{Outcome, Side};
 use crate::route::RouteTable;
-
-/// How a connection ended: the access log's `outcome` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Spliced until both sides closed.
-    Ok,
-    /// The first bytes were not a TLS record.
-    NotTls,
-    /// An SSLv2-format hello.
-    Sslv2,
-    /// A malformed hello.
-    BadHello,
-    /// A hello over `limits.max_client_hello`.
-    HelloTooLarge,
-    /// The hello did not arrive within `timeouts.client_hello`.
-    HelloTimeout,
-    /// The client closed (or reset) before its hello was complete.
-    ClientClosed,
-    /// No route and no `[default]`: `unrecognized_name` alert.
-    NoRoute,
-    /// The backend refused the connection or could not be resolved.
-    BackendUnreachable,
-    /// The backend connect took longer than `timeouts.connect`.
-    ConnectTimeout,
-    /// No byte either way for `timeouts.idle`.
-    IdleTimeout,
-    /// A read or write failed while splicing (a reset, say).
-    Reset,
-    /// Closed by shutdown.
-    Drained,
-    /// Over `limits.max_connections`: closed at accept.
-    OverLimit,
-    /// Over `limits.max_pending_per_ip` for its address: closed at accept.
-    PendingLimit,
-}
-
-impl Outcome {
-    /// The snake_case label used in logs (and, later, metrics).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::NotTls => "not_tls",
-            Self::Sslv2 => "sslv2",
-            Self::BadHello => "bad_hello",
-            Self::HelloTooLarge => "hello_too_large",
-            Self::HelloTimeout => "hello_timeout",
-            Self::ClientClosed => "client_closed",
-            Self::NoRoute => "no_route",
-            Self::BackendUnreachable => "backend_unreachable",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::IdleTimeout => "idle_timeout",
-            Self::Reset => "reset",
-            Self::Drained => "drained",
-            Self::OverLimit => "over_limit",
-            Self::PendingLimit => "pending_limit",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
-
-/// Which side ended the connection (or whose fault it was): the access log's `side` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client.
-    Client,
-    /// The backend.
-    Backend,
-    /// sniroute itself (a limit, a timer, shutdown).
-    Internal,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(match self {
-            Self::Client => "client",
-            Self::Backend => "backend",
-            Self::Internal => "internal",
-        })
-    }
-}
 
 impl From<&HelloError> for Outcome {
     fn from(error: &HelloError) -> Self {
@@ -125,6 +40,8 @@ pub struct Live {
     pub timeouts: Timeouts,
     /// Size limits.
     pub limits: Limits,
+    /// Series every connection touches.
+    pub metrics: ConnectionMetrics,
 }
 
 impl Live {
@@ -134,6 +51,7 @@ impl Live {
             table: RouteTable::new(config),
             timeouts: config.timeouts,
             limits: config.limits,
+            metrics: ConnectionMetrics::new(),
         }
     }
 }

@@ -10,16 +10,21 @@ use std::fmt;
 
 use crate::config::{Config, Route};
 use crate::hello::Alpn;
+use crate::metrics::{RouteMetrics, NO_ROUTE};
 use crate::name::{NamePattern, ServerName};
 
 /// Routes by name, ready for lookup.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Each route's series, by index in `routes`.
+    metrics: Vec<RouteMetrics>,
     exact: HashMap<Box<str>, Candidates>,
     /// Keyed by the suffix with its leading dot (`.tenants.example.com`).
     wildcards: HashMap<Box<str>, Candidates>,
-    default: Option<Route>,
+    default: Option<(Route, RouteMetrics)>,
+    /// The series of connections that match no route.
+    unmatched: RouteMetrics,
 }
 
 /// The routes sharing one pattern: those with an `alpn` list (in file order) and at most one
@@ -31,10 +36,12 @@ struct Candidates {
 }
 
 /// The route a hello gets, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Decision<'a> {
     /// The route, or `None`: the client gets an `unrecognized_name` alert.
     pub route: Option<&'a Route>,
+    /// The route's series (those of `route="none"` without one).
+    pub metrics: &'a RouteMetrics,
     /// Why.
     pub reason: Reason<'a>,
 }
@@ -76,11 +83,17 @@ impl RouteTable {
                 candidates.with_alpn.push(index);
             }
         }
+        let metrics_of = |route: &Route| RouteMetrics::new(&route.name, &route.backend.to_string());
         Self {
             routes: config.routes.clone(),
+            metrics: config.routes.iter().map(metrics_of).collect(),
             exact,
             wildcards,
-            default: config.default.clone(),
+            default: config
+                .default
+                .as_ref()
+                .map(|route| (route.clone(), metrics_of(route))),
+            unmatched: RouteMetrics::new(NO_ROUTE, "-"),
         }
     }
 
@@ -94,54 +107,71 @@ impl RouteTable {
         };
         let name = name.as_str();
         if let Some(candidates) = self.exact.get(name) {
-            if let Some((route, protocol)) = self.pick(candidates, offer) {
-                return Decision {
-                    route: Some(route),
-                    reason: Reason::Exact { protocol },
-                };
+            if let Some((index, protocol)) = self.pick(candidates, offer) {
+                return self.decision(index, Reason::Exact { protocol });
             }
         }
         // Longest suffix first: cut the name after each of its dots, left to right.
         for (dot, _) in name.match_indices('.').filter(|&(dot, _)| dot > 0) {
             if let Some(candidates) = self.wildcards.get(&name[dot..]) {
-                if let Some((route, protocol)) = self.pick(candidates, offer) {
-                    return Decision {
-                        route: Some(route),
-                        reason: Reason::Wildcard { protocol },
-                    };
+                if let Some((index, protocol)) = self.pick(candidates, offer) {
+                    return self.decision(index, Reason::Wildcard { protocol });
                 }
             }
         }
         self.fallback(Reason::NoMatch)
     }
 
-    /// The route among `candidates` for `offer`, and the protocol (from the route's own list,
-    /// so the decision borrows only the table) that made it match.
-    fn pick(&self, candidates: &Candidates, offer: &Alpn) -> Option<(&Route, Option<&[u8]>)> {
+    /// The route among `candidates` for `offer` (its index), and the protocol (from the route's
+    /// own list, so the decision borrows only the table) that made it match.
+    fn pick(&self, candidates: &Candidates, offer: &Alpn) -> Option<(usize, Option<&[u8]>)> {
         for protocol in offer.iter() {
             for &index in &candidates.with_alpn {
-                let route = &self.routes[index];
-                if let Some(accepted) = route.alpn.iter().find(|accepted| ***accepted == *protocol)
+                if let Some(accepted) = self.routes[index]
+                    .alpn
+                    .iter()
+                    .find(|accepted| ***accepted == *protocol)
                 {
-                    return Some((route, Some(&**accepted)));
+                    return Some((index, Some(&**accepted)));
                 }
             }
         }
-        candidates
-            .without_alpn
-            .map(|index| (&self.routes[index], None))
+        candidates.without_alpn.map(|index| (index, None))
     }
 
-    fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
+    fn decision<'a>(&'a self, index: usize, reason: Reason<'a>) -> Decision<'a> {
         Decision {
-            route: self.default.as_ref(),
+            route: Some(&self.routes[index]),
+            metrics: &self.metrics[index],
             reason,
         }
     }
 
+    fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
+        match &self.default {
+            Some((route, metrics)) => Decision {
+                route: Some(route),
+                metrics,
+                reason,
+            },
+            None => Decision {
+                route: None,
+                metrics: &self.unmatched,
+                reason,
+            },
+        }
+    }
+
+    /// The series of connections that match no route (`route="none"`).
+    pub fn unmatched(&self) -> &RouteMetrics {
+        &self.unmatched
+    }
+
     /// Every route, in file order, then `[default]`.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter().chain(&self.default)
+        self.routes
+            .iter()
+            .chain(self.default.as_ref().map(|(route, _)| route))
     }
 }
 

@@ -19,7 +19,7 @@ use sniroute::config;
 use sniroute::demo::{Pki, TlsBackend};
 use sniroute::hello::synth::reframe;
 use sniroute::server::{Server, Signal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -275,4 +275,61 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 /// A fatal TLS alert record with this description.
 pub fn alert(description: u8) -> Vec<u8> {
     vec![21, 3, 3, 0, 2, 2, description]
+}
+
+/// The sniroute binary this test run built.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sniroute");
+
+/// The real binary running with a config, its stderr read line by line.
+pub struct Binary {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+}
+
+impl Binary {
+    pub async fn start(config: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        Self { child, lines }
+    }
+
+    /// The next stderr line containing `needle`.
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = guard(self.lines.next_line())
+                .await
+                .unwrap()
+                .expect("stderr ended");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The address in the next stderr line containing `needle` (`listening address=…`).
+    pub async fn wait_for_address(&mut self, needle: &str) -> SocketAddr {
+        let line = self.wait_for_line(needle).await;
+        line.split(['=', ' ', '"', '}', ','])
+            .find_map(|word| word.parse().ok())
+            .expect("an address in the line")
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        guard(self.child.wait()).await.unwrap().code()
+    }
 }

@@ -1,0 +1,326 @@
+//! Prometheus metrics: every series name (as a `const`), its description and buckets, the
+//! per-route handles the data path increments, and the `GET /metrics` endpoint.
+//!
+//! Label values are bounded: route names, listener and backend addresses from the config, and
+//! enum values; never a client's name or address. Unmatched traffic is `route="none"`. The
+//! exporter is metrics-exporter-prometheus without its HTTP features: sniroute serves the text
+//! itself from a socket it binds like any listener, so a bad `metrics.address` is reported like
+//! a bad `listen.address`, and tests can bind port 0.
+
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{
+    describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::outcome::Outcome;
+
+/// Connections accepted, by listener address.
+pub const CONNECTIONS_ACCEPTED: &str = "sniroute_connections_accepted_total";
+/// Connections closed at accept, by `reason`: `max_connections` or `max_pending_per_ip`.
+pub const CONNECTIONS_REJECTED: &str = "sniroute_connections_rejected_total";
+/// Connections open now.
+pub const CONNECTIONS_ACTIVE: &str = "sniroute_connections_active";
+/// Connections ended, by route and outcome (every connection ends in exactly one).
+pub const CONNECTIONS_CLOSED: &str = "sniroute_connections_closed_total";
+/// Size of each ClientHello on the wire, record headers included.
+pub const CLIENT_HELLO_BYTES: &str = "sniroute_client_hello_bytes";
+/// Time from accept to a complete ClientHello.
+pub const CLIENT_HELLO_DURATION: &str = "sniroute_client_hello_duration_seconds";
+/// Backend TCP connect time, by route (successful connects).
+pub const BACKEND_CONNECT_DURATION: &str = "sniroute_backend_connect_duration_seconds";
+/// Backend connects that failed or timed out, by route and backend.
+pub const BACKEND_CONNECT_FAILURES: &str = "sniroute_backend_connect_failures_total";
+/// Bytes forwarded, by route and direction (`to_backend`, hello included; `to_client`).
+pub const TRANSFER_BYTES: &str = "sniroute_transfer_bytes_total";
+/// Time from accept to close, by route.
+pub const CONNECTION_DURATION: &str = "sniroute_connection_duration_seconds";
+/// Config reloads, by result (`ok`, `error`).
+pub const CONFIG_RELOADS: &str = "sniroute_config_reloads_total";
+
+/// The route label of connections that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+const SIZE_BUCKETS: &[f64] = &[
+    256.0, 512.0, 1024.0, 1536.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
+];
+const FAST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LIFETIME_BUCKETS: &[f64] = &[
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody scrapes, so their buffers
+/// stay bounded.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+/// How long a scrape may take to send its request.
+const SCRAPE_PATIENCE: Duration = Duration::from_secs(5);
+/// Longest scrape request head read.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle) and
+/// describes every series.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in [
+                (CLIENT_HELLO_BYTES, SIZE_BUCKETS),
+                (CLIENT_HELLO_DURATION, FAST_BUCKETS),
+                (BACKEND_CONNECT_DURATION, FAST_BUCKETS),
+                (CONNECTION_DURATION, LIFETIME_BUCKETS),
+            ] {
+                // Only fails for an empty bucket list.
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                    .unwrap_or_else(|_| PrometheusBuilder::new());
+            }
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours renders nothing, and
+            // that is the embedder's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted, by listener.");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections closed at accept, by reason."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Connections open now.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections ended, by route and outcome."
+    );
+    describe_histogram!(
+        CLIENT_HELLO_BYTES,
+        Unit::Bytes,
+        "ClientHello size on the wire."
+    );
+    describe_histogram!(
+        CLIENT_HELLO_DURATION,
+        Unit::Seconds,
+        "Time from accept to a complete ClientHello."
+    );
+    describe_histogram!(
+        BACKEND_CONNECT_DURATION,
+        Unit::Seconds,
+        "Backend TCP connect time, by route."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_FAILURES,
+        "Failed or timed-out backend connects, by route and backend."
+    );
+    describe_counter!(
+        TRANSFER_BYTES,
+        Unit::Bytes,
+        "Bytes forwarded, by route and direction."
+    );
+    describe_histogram!(
+        CONNECTION_DURATION,
+        Unit::Seconds,
+        "Time from accept to close, by route."
+    );
+    describe_counter!(CONFIG_RELOADS, "Config reloads, by result.");
+}
+
+/// The series every connection touches, whatever its route.
+#[derive(Debug)]
+pub struct ConnectionMetrics {
+    /// `sniroute_connections_active`.
+    pub active: Gauge,
+    /// `sniroute_client_hello_bytes`.
+    pub hello_bytes: Histogram,
+    /// `sniroute_client_hello_duration_seconds`.
+    pub hello_duration: Histogram,
+}
+
+impl ConnectionMetrics {
+    /// Registers (or finds) the handles.
+    pub fn new() -> Self {
+        Self {
+            active: metrics::gauge!(CONNECTIONS_ACTIVE),
+            hello_bytes: metrics::histogram!(CLIENT_HELLO_BYTES),
+            hello_duration: metrics::histogram!(CLIENT_HELLO_DURATION),
+        }
+    }
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One listener's series.
+#[derive(Debug)]
+pub struct ListenerMetrics {
+    /// `sniroute_connections_accepted_total{listener}`.
+    pub accepted: Counter,
+    /// `sniroute_connections_rejected_total{reason="max_connections"}`.
+    pub over_max_connections: Counter,
+    /// `sniroute_connections_rejected_total{reason="max_pending_per_ip"}`.
+    pub over_max_pending: Counter,
+}
+
+impl ListenerMetrics {
+    /// The series of the listener bound to `address`.
+    pub fn new(address: &str) -> Self {
+        Self {
+            accepted: metrics::counter!(CONNECTIONS_ACCEPTED, "listener" => address.to_owned()),
+            over_max_connections: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_connections"),
+            over_max_pending: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_pending_per_ip"),
+        }
+    }
+}
+
+/// One route's series. Registered on first use, so a table of many routes costs nothing until
+/// traffic arrives; the data path then only increments handles.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    backend: Arc<str>,
+    handles: OnceLock<RouteHandles>,
+}
+
+/// The registered handles of one route.
+#[derive(Debug)]
+pub struct RouteHandles {
+    /// `sniroute_transfer_bytes_total{direction="to_backend"}`.
+    pub to_backend: Counter,
+    /// `sniroute_transfer_bytes_total{direction="to_client"}`.
+    pub to_client: Counter,
+    /// `sniroute_connection_duration_seconds`.
+    pub duration: Histogram,
+    /// `sniroute_backend_connect_duration_seconds`.
+    pub connect_duration: Histogram,
+    /// `sniroute_backend_connect_failures_total`.
+    pub connect_failures: Counter,
+    /// `sniroute_connections_closed_total`, one per [`Outcome::ALL`].
+    closed: Vec<Counter>,
+}
+
+impl RouteMetrics {
+    /// The series of the route named `route` (its `backend` labels connect failures).
+    pub fn new(route: &str, backend: &str) -> Self {
+        Self {
+            route: route.into(),
+            backend: backend.into(),
+            handles: OnceLock::new(),
+        }
+    }
+
+    /// The handles, registering them on first use.
+    pub fn handles(&self) -> &RouteHandles {
+        self.handles.get_or_init(|| {
+            let route = metrics::SharedString::from(self.route.clone());
+            let transfer = |direction: &'static str| {
+                metrics::counter!(TRANSFER_BYTES, "route" => route.clone(), "direction" => direction)
+            };
+            RouteHandles {
+                to_backend: transfer("to_backend"),
+                to_client: transfer("to_client"),
+                duration: metrics::histogram!(CONNECTION_DURATION, "route" => route.clone()),
+                connect_duration: metrics::histogram!(BACKEND_CONNECT_DURATION, "route" => route.clone()),
+                connect_failures: metrics::counter!(
+                    BACKEND_CONNECT_FAILURES,
+                    "route" => route.clone(),
+                    "backend" => metrics::SharedString::from(self.backend.clone())
+                ),
+                closed: Outcome::ALL
+                    .iter()
+                    .map(|outcome| metrics::counter!(CONNECTIONS_CLOSED, "route" => route.clone(), "outcome" => outcome.as_str()))
+                    .collect(),
+            }
+        })
+    }
+}
+
+impl RouteHandles {
+    /// `sniroute_connections_closed_total` for `outcome`.
+    pub fn closed(&self, outcome: Outcome) -> &Counter {
+        &self.closed[outcome.index()]
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` fires, and keeps histogram buffers folded.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+    let upkeep = {
+        let handle = handle.clone();
+        let stop = stop.clone();
+        async move {
+            let mut ticks = tokio::time::interval(UPKEEP_PERIOD);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => handle.run_upkeep(),
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    let accept = async {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(scrape(stream, handle.clone()));
+        }
+    };
+    tokio::select! {
+        () = upkeep => {}
+        () = accept => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// Answers one scrape: `GET /metrics` gets the text format, anything else 404.
+async fn scrape(mut stream: TcpStream, handle: PrometheusHandle) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD
+        {
+            match stream.read(&mut chunk).await? {
+                0 => break,
+                read => head.extend_from_slice(&chunk[..read]),
+            }
+        }
+        Ok::<_, io::Error>(())
+    };
+    tokio::time::timeout(SCRAPE_PATIENCE, read_head).await??;
+    let (status, content_type, body) =
+        if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+            handle.run_upkeep();
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                handle.render(),
+            )
+        } else {
+            (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "try GET /metrics\n".to_owned(),
+            )
+        };
+    let header = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(header.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

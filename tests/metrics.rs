@@ -1,0 +1,181 @@
+//! Prometheus metrics after real traffic through the real binary: the right series move by the
+//! right amounts, and no label carries a client's name or address. Each connection's access-log
+//! line is written after its metrics are recorded, so the test scrapes once it has read them.
+
+mod support;
+
+use sniroute::hello::synth::ClientHelloBuilder;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn scrape(address: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: metrics\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    guard(stream.read_to_string(&mut response)).await.unwrap();
+    response
+}
+
+/// The value of the series `name` whose labels include all of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .collect();
+    assert_eq!(matching.len(), 1, "{name} {labels:?} in:\n{text}");
+    matching[0].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_real_traffic_by_route_and_outcome() {
+    let mut backend = Recording::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n[metrics]\naddress = \"127.0.0.1:0\"\n\
+             [[route]]\nsni = \"app.test\"\nbackend = \"{}\"\n",
+            backend.address
+        ),
+    )
+    .unwrap();
+    let mut binary = Binary::start(&config, &[]).await;
+    let proxy = binary.wait_for_address("listening").await;
+    let metrics = binary.wait_for_address("serving metrics").await;
+
+    let hello = ClientHelloBuilder::new().server_name("app.test").record();
+    let mut sent = hello.clone();
+    sent.extend_from_slice(b"payload");
+    for _ in 0..2 {
+        assert_eq!(send_raw(proxy, &sent).await, b"app");
+        assert_eq!(backend.next().await, sent);
+    }
+    let unknown = ClientHelloBuilder::new()
+        .server_name("secret-client-name.test")
+        .record();
+    assert_eq!(send_raw(proxy, &unknown).await, alert(112));
+    assert_eq!(send_raw(proxy, b"GET / HTTP/1.1\r\n\r\n").await, b"");
+    for _ in 0..4 {
+        binary.wait_for_line("sniroute::access").await;
+    }
+
+    let response = scrape(metrics, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    let text = response.split("\r\n\r\n").nth(1).unwrap();
+    let app = [("route", "app.test")];
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_closed_total",
+            &[("route", "app.test"), ("outcome", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_closed_total",
+            &[("route", "none"), ("outcome", "no_route")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_closed_total",
+            &[("route", "none"), ("outcome", "not_tls")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_closed_total",
+            &[("route", "app.test"), ("outcome", "reset")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_transfer_bytes_total",
+            &[("route", "app.test"), ("direction", "to_backend")]
+        ),
+        (2 * sent.len()) as f64
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_transfer_bytes_total",
+            &[("route", "app.test"), ("direction", "to_client")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_accepted_total",
+            &[("listener", &proxy.to_string())]
+        ),
+        4.0
+    );
+    assert_eq!(value(text, "sniroute_connections_active", &[]), 0.0);
+    assert_eq!(value(text, "sniroute_client_hello_bytes_count", &[]), 3.0);
+    assert_eq!(
+        value(text, "sniroute_client_hello_bytes_sum", &[]),
+        (2 * hello.len() + unknown.len()) as f64
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_client_hello_bytes_bucket",
+            &[("le", "1024")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(text, "sniroute_client_hello_duration_seconds_count", &[]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "sniroute_backend_connect_duration_seconds_count",
+            &app
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(text, "sniroute_connection_duration_seconds_count", &app),
+        2.0
+    );
+    assert!(
+        text.contains("# HELP sniroute_connections_closed_total"),
+        "{text}"
+    );
+    // Labels are route names and enum values: no client name or address.
+    assert!(!text.contains("secret-client-name"), "{text}");
+    let client_ports = text.matches("127.0.0.1:").count();
+    let config_addresses = text.matches(&proxy.to_string()).count()
+        + text.matches(&backend.address.to_string()).count();
+    assert_eq!(client_ports, config_addresses, "{text}");
+    for line in text
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+    {
+        assert!(line.starts_with("sniroute_"), "{line}");
+    }
+
+    assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
+    assert_eq!(binary.terminate().await, Some(0));
+}
