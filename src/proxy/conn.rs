@@ -39,8 +39,8 @@ pub(super) async fn serve(
     live.metrics.active.increment(1.0);
     let mut log = AccessLog::new(client_addr, live.table.unmatched());
     log.outcome = handle(&mut client, &live, &mut log, &shutdown, pending).await;
-    drop(log);
     live.metrics.active.decrement(1.0);
+    drop(log);
     drop(permit);
     drop(client);
 }

@@ -18,10 +18,10 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use sniroute::config;
 use sniroute::demo::{Pki, TlsBackend};
 use sniroute::hello::synth::reframe;
-use sniroute::server::{Server, Signal};
+use sniroute::server::{ReloadReport, Server, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How long any one wait in a test may take before the test fails as hung. It bounds deadlocks;
@@ -60,6 +60,7 @@ pub async fn tls_backend(name: &str, names: &[&str]) -> SocketAddr {
 pub struct Proxy {
     pub address: SocketAddr,
     pub config_path: PathBuf,
+    reloads: watch::Receiver<ReloadReport>,
     signals: mpsc::Sender<Signal>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -69,25 +70,60 @@ impl Proxy {
     pub async fn start(routes: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.toml");
-        std::fs::write(
-            &config_path,
-            format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{routes}"),
-        )
-        .unwrap();
+        std::fs::write(&config_path, Self::config_text(routes)).unwrap();
         let config = config::load(&config_path).expect("test config");
         let server = Server::bind(&config_path, &config)
             .await
             .expect("bind proxy");
         let address = server.local_addrs()[0];
+        let reloads = server.reloads();
         let (signals, receiver) = mpsc::channel(4);
         let task = tokio::spawn(server.run(receiver));
         Self {
             address,
             config_path,
+            reloads,
             signals,
             task,
             _dir: dir,
         }
+    }
+
+    /// A routes.toml with the proxy's one `:0` listener and `routes`.
+    pub fn config_text(routes: &str) -> String {
+        format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{routes}")
+    }
+
+    /// Replaces the config file (listener included) by a rename, as careful tools do, and
+    /// reloads it as SIGHUP would; returns the report once the reload has been applied or
+    /// refused. (The file watcher may reload it too; both read the whole new file.)
+    pub async fn reload_with(&mut self, routes: &str) -> ReloadReport {
+        self.replace_config(routes);
+        self.reload().await
+    }
+
+    /// Replaces the config file by writing a new one beside it and renaming it over.
+    pub fn replace_config(&self, routes: &str) {
+        let replacement = self.config_path.with_extension("toml.new");
+        std::fs::write(&replacement, Self::config_text(routes)).unwrap();
+        std::fs::rename(&replacement, &self.config_path).unwrap();
+    }
+
+    /// Reloads as SIGHUP would and waits for the outcome.
+    pub async fn reload(&mut self) -> ReloadReport {
+        let before = self.reloads.borrow_and_update().attempts;
+        self.signal(Signal::Reload).await;
+        self.next_reload(before).await
+    }
+
+    /// Waits for a reload after the `before`th (a file change triggers one by itself).
+    pub async fn next_reload(&mut self, before: u64) -> ReloadReport {
+        guard(self.reloads.wait_for(|report| report.attempts > before)).await.unwrap().clone()
+    }
+
+    /// Reloads attempted so far.
+    pub fn reload_count(&mut self) -> u64 {
+        self.reloads.borrow_and_update().attempts
     }
 
     /// Asks for a shutdown and waits until every connection is gone.

@@ -1,0 +1,132 @@
+//! Hot reload (SIGHUP, or the config file changing): new connections follow the new table, open
+//! connections keep theirs and lose no byte, a bad config changes nothing, listeners come and go.
+
+mod support;
+
+use sniroute::hello::synth::ClientHelloBuilder;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+fn route(name: &str, backend: std::net::SocketAddr) -> String {
+    format!("[[route]]\nsni = \"{name}\"\nbackend = \"{backend}\"\n")
+}
+
+#[tokio::test]
+async fn new_connections_follow_the_new_table_and_a_bad_config_changes_nothing() {
+    let one = tls_backend("one", &["app.test"]).await;
+    let two = tls_backend("two", &["app.test"]).await;
+    let mut proxy = Proxy::start(&route("app.test", one)).await;
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "one");
+
+    let report = proxy.reload_with(&route("app.test", two)).await;
+    assert_eq!(report.refused, None);
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
+
+    let report = proxy.reload_with(&format!("{}alpn = 3\n", route("app.test", one))).await;
+    let refused = report.refused.unwrap();
+    assert!(refused.ends_with("routes.toml:6:8: route[0].alpn: expected a list, found integer `3`"), "{refused}");
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
+    proxy.shutdown().await;
+}
+
+/// An echo backend: everything it reads it writes back, until EOF.
+async fn echo_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn a_long_transfer_crosses_several_reloads_intact() {
+    let echo = echo_backend().await;
+    let elsewhere = Recording::start("elsewhere").await;
+    let mut proxy = Proxy::start(&route("echo.test", echo)).await;
+    let hello = ClientHelloBuilder::new().server_name("echo.test").record();
+    let stream = TcpStream::connect(proxy.address).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(&hello).await.unwrap();
+
+    let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| (0..512 * 1024u32).map(|j| (j as u8) ^ i).collect()).collect();
+    let expected: Vec<u8> = hello.iter().copied().chain(chunks.iter().flatten().copied()).collect();
+    let reader = tokio::spawn(async move {
+        let mut received = Vec::new();
+        read.read_to_end(&mut received).await.unwrap();
+        received
+    });
+    for (index, chunk) in chunks.iter().enumerate() {
+        write.write_all(chunk).await.unwrap();
+        // Between chunks the table moves the name elsewhere and back, or is refused.
+        let routes = match index % 3 {
+            0 => route("echo.test", elsewhere.address),
+            1 => "this is not toml".to_owned(),
+            _ => route("echo.test", echo),
+        };
+        proxy.reload_with(&routes).await;
+    }
+    write.shutdown().await.unwrap();
+    let received = guard(reader).await.unwrap();
+    assert_eq!(received.len(), expected.len());
+    assert!(received == expected, "the echoed stream differs");
+    // Ten by signal, and as many again as the file watcher saw changes.
+    assert!(proxy.reload_count() >= 10);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn listeners_added_by_a_reload_accept_and_removed_ones_close() {
+    let backend = tls_backend("served", &["served.test"]).await;
+    let routes = route("served.test", backend);
+    let mut proxy = Proxy::start(&routes).await;
+    // A second listener on another loopback address.
+    let report = proxy.reload_with(&format!("[[listen]]\naddress = \"127.0.0.2:0\"\n{routes}")).await;
+    assert_eq!(report.refused, None);
+    assert_eq!(report.listeners.len(), 2);
+    assert_eq!(report.listeners[0], proxy.address, "the kept listener keeps its socket");
+    let added = report.listeners[1];
+    assert_eq!(who_answers(added, "served.test", &[]).await, "served");
+
+    let report = proxy.reload_with(&routes).await;
+    assert_eq!(report.listeners, vec![proxy.address]);
+    assert!(TcpStream::connect(added).await.is_err(), "the removed listener still accepts");
+    assert_eq!(who_answers(proxy.address, "served.test", &[]).await, "served");
+
+    // A listener that can't be bound refuses the whole reload.
+    let taken = TcpSocket::new_v4().unwrap();
+    taken.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let taken = taken.listen(1).unwrap();
+    let other = tls_backend("other", &["served.test"]).await;
+    let report = proxy
+        .reload_with(&format!("[[listen]]\naddress = \"{}\"\n{}", taken.local_addr().unwrap(), route("served.test", other)))
+        .await;
+    assert!(report.refused.unwrap().contains("listen[1].address: cannot bind"));
+    assert_eq!(who_answers(proxy.address, "served.test", &[]).await, "served");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn changing_the_file_reloads_it_whether_rewritten_or_replaced_by_rename() {
+    let one = tls_backend("one", &["app.test"]).await;
+    let two = tls_backend("two", &["app.test"]).await;
+    let mut proxy = Proxy::start(&route("app.test", one)).await;
+
+    let before = proxy.reload_count();
+    std::fs::write(&proxy.config_path, Proxy::config_text(&route("app.test", two))).unwrap();
+    assert_eq!(proxy.next_reload(before).await.refused, None);
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
+
+    let before = proxy.reload_count();
+    proxy.replace_config(&route("app.test", one));
+    assert_eq!(proxy.next_reload(before).await.refused, None);
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "one");
+    proxy.shutdown().await;
+}
