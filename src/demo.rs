@@ -73,10 +73,25 @@ impl Pki {
         &self,
         names: &[String],
     ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
-        let key = KeyPair::generate()?;
-        let certificate = CertificateParams::new(names.to_vec())?.signed_by(&key, &self.ca)?;
+        let (certificate, key) = self.issue_with_key(names)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((certificate.der().clone(), key))
+    }
+
+    /// As [`Pki::issue`], in PEM: the certificate then its private key, for servers that read
+    /// one file (HAProxy's `crt`).
+    ///
+    /// # Errors
+    /// As [`Pki::issue`].
+    pub fn issue_pem(&self, names: &[String]) -> Result<String, PkiError> {
+        let (certificate, key) = self.issue_with_key(names)?;
+        Ok(format!("{}{}", certificate.pem(), key.serialize_pem()))
+    }
+
+    fn issue_with_key(&self, names: &[String]) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
+        let key = KeyPair::generate()?;
+        let certificate = CertificateParams::new(names.to_vec())?.signed_by(&key, &self.ca)?;
+        Ok((certificate, key))
     }
 
     /// A rustls server config presenting a certificate for `names`, negotiating `alpn` (none:

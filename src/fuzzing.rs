@@ -182,6 +182,7 @@ pub fn route(data: &[u8]) {
             sni: Some(pattern),
             alpn: Vec::new(),
             backend: backend.clone(),
+            proxy_protocol: None,
             line,
         })
         .collect();
@@ -189,6 +190,7 @@ pub fn route(data: &[u8]) {
         listeners: vec![Listen {
             address: ([127, 0, 0, 1], 0).into(),
             position: (1, 1),
+            proxy_trusted: Vec::new(),
         }],
         timeouts: Timeouts::default(),
         limits: Limits::default(),
@@ -199,6 +201,7 @@ pub fn route(data: &[u8]) {
             sni: None,
             alpn: Vec::new(),
             backend,
+            proxy_protocol: None,
             line: 0,
         }),
     };
@@ -235,6 +238,41 @@ pub fn route(data: &[u8]) {
             }
             None => assert_eq!(route.name, "default", "{name}"),
         }
+    }
+}
+
+/// Bytes into the PROXY protocol decoder: it never claims more bytes than it was given, a
+/// header it reads re-encodes (v1 and v2) to one that reads back the same addresses, and any
+/// prefix of a complete header is "need more", never an error.
+pub fn proxy_protocol(data: &[u8]) {
+    use crate::proxy_protocol::{decode, encode, Tlvs, Version};
+
+    let Ok(Some(header)) = decode(data) else {
+        return;
+    };
+    assert!(header.len <= data.len());
+    for cut in [0, header.len / 2, header.len - 1] {
+        assert_eq!(decode(&data[..cut]), Ok(None), "prefix of {cut} bytes");
+    }
+    let Some(addresses) = header.addresses else {
+        return;
+    };
+    for version in [Version::V1, Version::V2] {
+        let mut encoded = Vec::new();
+        encode(version, addresses, Tlvs::default(), &mut encoded);
+        let again = decode(&encoded)
+            .expect("our own header decodes")
+            .expect("complete");
+        assert_eq!(again.len, encoded.len());
+        let back = again.addresses.expect("addresses");
+        // Mixed families are sent as IPv6 with the IPv4 address mapped.
+        let same = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+            a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+        };
+        assert!(
+            same(back.source, addresses.source) && same(back.destination, addresses.destination),
+            "{version:?}"
+        );
     }
 }
 

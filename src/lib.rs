@@ -13,11 +13,12 @@
 //! outcome      Outcome, Side: how a connection ended                  → –
 //! metrics      series names, per-route handles, GET /metrics           → outcome
 //! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name, metrics
-//! proxy        listener, conn, splice, alert, access_log              → hello, route, config, metrics
+//! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges            → –
+//! proxy        listener, conn, splice, alert, access_log              → hello, route, config, metrics, proxy_protocol
 //! server       bind, live table, reload, shutdown and drain           → proxy, config, metrics
 //! ```
 //!
-//! `name`, `hello`, `config` and `route` do no I/O and never import tokio: they are what the
+//! `name`, `hello`, `config`, `route` and `proxy_protocol` do no I/O and never import tokio: they are what the
 //! unit tests, proptests and fuzz targets exercise directly.
 
 #![forbid(unsafe_code)]
@@ -36,5 +37,6 @@ pub mod metrics;
 pub mod name;
 pub mod outcome;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod server;

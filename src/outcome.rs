@@ -36,11 +36,13 @@ pub enum Outcome {
     OverLimit,
     /// Over `limits.max_pending_per_ip` for its address: closed at accept.
     PendingLimit,
+    /// From a trusted source: a PROXY protocol header missing, malformed or late.
+    BadProxyHeader,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Self::Ok,
         Self::NotTls,
         Self::Sslv2,
@@ -56,6 +58,7 @@ impl Outcome {
         Self::Drained,
         Self::OverLimit,
         Self::PendingLimit,
+        Self::BadProxyHeader,
     ];
 
     /// This outcome's position in [`Outcome::ALL`].
@@ -81,6 +84,7 @@ impl Outcome {
             Self::Drained => "drained",
             Self::OverLimit => "over_limit",
             Self::PendingLimit => "pending_limit",
+            Self::BadProxyHeader => "bad_proxy_header",
         }
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, Listen};
 use crate::metrics::{self as series, ListenerMetrics};
-use crate::proxy::{Listener, Live, PendingHellos, Shutdown};
+use crate::proxy::{Listener, ListenerContext, Live, PendingHellos, Shutdown};
 
 /// How long a burst of file events (an editor writes, renames, touches) settles before one
 /// reload.
@@ -81,7 +81,10 @@ impl Server {
         };
         let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new()).await?;
         let report = ReloadReport {
-            listeners: listeners.iter().map(|(_, listener)| listener.address).collect(),
+            listeners: listeners
+                .iter()
+                .map(|(_, listener)| listener.address)
+                .collect(),
             ..ReloadReport::default()
         };
         let (file_events, file_changes) = mpsc::channel(1);
@@ -105,7 +108,10 @@ impl Server {
 
     /// The bound addresses, in config order (the real ports where the config said `:0`).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(_, listener)| listener.address).collect()
+        self.listeners
+            .iter()
+            .map(|(_, listener)| listener.address)
+            .collect()
     }
 
     /// Follows reloads: each one publishes a new [`ReloadReport`].
@@ -136,7 +142,11 @@ impl Server {
         let metrics_stop = CancellationToken::new();
         let metrics_task = self.metrics.take().map(|(socket, address)| {
             tracing::info!(%address, "serving metrics");
-            tokio::spawn(series::serve(socket, series::install(), metrics_stop.clone()))
+            tokio::spawn(series::serve(
+                socket,
+                series::install(),
+                metrics_stop.clone(),
+            ))
         });
         notify_ready();
 
@@ -162,7 +172,10 @@ impl Server {
         accept_loops.wait().await;
         shutdown.hellos.cancel();
         connections.close();
-        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        if tokio::time::timeout(drain, connections.wait())
+            .await
+            .is_err()
+        {
             shutdown.splices.cancel();
             connections.wait().await;
         }
@@ -193,7 +206,12 @@ impl Server {
                 let listeners = config
                     .listeners
                     .iter()
-                    .filter_map(|listen| running.stops.get(&listen.address).map(|(address, _)| *address))
+                    .filter_map(|listen| {
+                        running
+                            .stops
+                            .get(&listen.address)
+                            .map(|(address, _)| *address)
+                    })
                     .collect();
                 self.report.send_modify(|report| {
                     report.attempts += 1;
@@ -214,9 +232,18 @@ impl Server {
 
     /// Swaps in `config`: routes and limits for new connections, the connection cap, and the
     /// listener set (`added` already bound; listeners the config no longer names stop).
-    fn apply(&mut self, config: &Config, added: Vec<(SocketAddr, Listener)>, running: &mut Running<'_>) {
+    fn apply(
+        &mut self,
+        config: &Config,
+        added: Vec<(SocketAddr, Listener)>,
+        running: &mut Running<'_>,
+    ) {
         self.live.store(Arc::new(Live::new(config)));
-        let wanted: Vec<SocketAddr> = config.listeners.iter().map(|listen| listen.address).collect();
+        let wanted: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .map(|listen| listen.address)
+            .collect();
         running.stops.retain(|configured, (address, stop)| {
             let keep = wanted.contains(configured);
             if !keep {
@@ -259,7 +286,8 @@ impl Running<'_> {
     fn start(&mut self, server: &Server, configured: SocketAddr, listener: Listener) {
         tracing::info!(address = %listener.address, "listening");
         let stop = self.shutdown.accepting.child_token();
-        self.stops.insert(configured, (listener.address, stop.clone()));
+        self.stops
+            .insert(configured, (listener.address, stop.clone()));
         let shutdown = Shutdown {
             accepting: stop,
             ..self.shutdown.clone()
@@ -287,8 +315,18 @@ async fn bind_listeners<T>(
             continue;
         }
         let (socket, address) = bind(path, listen, &format!("listen[{index}].address")).await?;
-        let metrics = ListenerMetrics::new(&address.to_string());
-        listeners.push((listen.address, Listener { socket, address, metrics }));
+        let context = Arc::new(ListenerContext {
+            proxy_trusted: listen.proxy_trusted.clone(),
+            metrics: ListenerMetrics::new(&address.to_string()),
+        });
+        listeners.push((
+            listen.address,
+            Listener {
+                socket,
+                address,
+                context,
+            },
+        ));
     }
     Ok(listeners)
 }
@@ -309,7 +347,11 @@ fn watch_file(path: &Path, events: mpsc::Sender<()>) -> Option<notify::Recommend
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|changed| changed.file_name() == Some(&file_name)) {
+        if event
+            .paths
+            .iter()
+            .any(|changed| changed.file_name() == Some(&file_name))
+        {
             // A full channel already holds a pending reload.
             let _ = events.try_send(());
         }

@@ -55,3 +55,8 @@ fn config_corpus() {
 fn route_corpus() {
     replay("route", fuzzing::route);
 }
+
+#[test]
+fn proxy_protocol_corpus() {
+    replay("proxy_protocol", fuzzing::proxy_protocol);
+}

@@ -23,9 +23,14 @@ async fn new_connections_follow_the_new_table_and_a_bad_config_changes_nothing()
     assert_eq!(report.refused, None);
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
 
-    let report = proxy.reload_with(&format!("{}alpn = 3\n", route("app.test", one))).await;
+    let report = proxy
+        .reload_with(&format!("{}alpn = 3\n", route("app.test", one)))
+        .await;
     let refused = report.refused.unwrap();
-    assert!(refused.ends_with("routes.toml:6:8: route[0].alpn: expected a list, found integer `3`"), "{refused}");
+    assert!(
+        refused.ends_with("routes.toml:6:8: route[0].alpn: expected a list, found integer `3`"),
+        "{refused}"
+    );
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
     proxy.shutdown().await;
 }
@@ -56,8 +61,14 @@ async fn a_long_transfer_crosses_several_reloads_intact() {
     let (mut read, mut write) = stream.into_split();
     write.write_all(&hello).await.unwrap();
 
-    let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| (0..512 * 1024u32).map(|j| (j as u8) ^ i).collect()).collect();
-    let expected: Vec<u8> = hello.iter().copied().chain(chunks.iter().flatten().copied()).collect();
+    let chunks: Vec<Vec<u8>> = (0..10u8)
+        .map(|i| (0..512 * 1024u32).map(|j| (j as u8) ^ i).collect())
+        .collect();
+    let expected: Vec<u8> = hello
+        .iter()
+        .copied()
+        .chain(chunks.iter().flatten().copied())
+        .collect();
     let reader = tokio::spawn(async move {
         let mut received = Vec::new();
         read.read_to_end(&mut received).await.unwrap();
@@ -88,17 +99,28 @@ async fn listeners_added_by_a_reload_accept_and_removed_ones_close() {
     let routes = route("served.test", backend);
     let mut proxy = Proxy::start(&routes).await;
     // A second listener on another loopback address.
-    let report = proxy.reload_with(&format!("[[listen]]\naddress = \"127.0.0.2:0\"\n{routes}")).await;
+    let report = proxy
+        .reload_with(&format!("[[listen]]\naddress = \"127.0.0.2:0\"\n{routes}"))
+        .await;
     assert_eq!(report.refused, None);
     assert_eq!(report.listeners.len(), 2);
-    assert_eq!(report.listeners[0], proxy.address, "the kept listener keeps its socket");
+    assert_eq!(
+        report.listeners[0], proxy.address,
+        "the kept listener keeps its socket"
+    );
     let added = report.listeners[1];
     assert_eq!(who_answers(added, "served.test", &[]).await, "served");
 
     let report = proxy.reload_with(&routes).await;
     assert_eq!(report.listeners, vec![proxy.address]);
-    assert!(TcpStream::connect(added).await.is_err(), "the removed listener still accepts");
-    assert_eq!(who_answers(proxy.address, "served.test", &[]).await, "served");
+    assert!(
+        TcpStream::connect(added).await.is_err(),
+        "the removed listener still accepts"
+    );
+    assert_eq!(
+        who_answers(proxy.address, "served.test", &[]).await,
+        "served"
+    );
 
     // A listener that can't be bound refuses the whole reload.
     let taken = TcpSocket::new_v4().unwrap();
@@ -106,10 +128,20 @@ async fn listeners_added_by_a_reload_accept_and_removed_ones_close() {
     let taken = taken.listen(1).unwrap();
     let other = tls_backend("other", &["served.test"]).await;
     let report = proxy
-        .reload_with(&format!("[[listen]]\naddress = \"{}\"\n{}", taken.local_addr().unwrap(), route("served.test", other)))
+        .reload_with(&format!(
+            "[[listen]]\naddress = \"{}\"\n{}",
+            taken.local_addr().unwrap(),
+            route("served.test", other)
+        ))
         .await;
-    assert!(report.refused.unwrap().contains("listen[1].address: cannot bind"));
-    assert_eq!(who_answers(proxy.address, "served.test", &[]).await, "served");
+    assert!(report
+        .refused
+        .unwrap()
+        .contains("listen[1].address: cannot bind"));
+    assert_eq!(
+        who_answers(proxy.address, "served.test", &[]).await,
+        "served"
+    );
     proxy.shutdown().await;
 }
 
@@ -120,7 +152,11 @@ async fn changing_the_file_reloads_it_whether_rewritten_or_replaced_by_rename() 
     let mut proxy = Proxy::start(&route("app.test", one)).await;
 
     let before = proxy.reload_count();
-    std::fs::write(&proxy.config_path, Proxy::config_text(&route("app.test", two))).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        Proxy::config_text(&route("app.test", two)),
+    )
+    .unwrap();
     assert_eq!(proxy.next_reload(before).await.refused, None);
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
 

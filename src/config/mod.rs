@@ -22,6 +22,7 @@ use raw::{RawConfig, RawDefault, RawRoute};
 use toml::{Spanned, Value};
 
 use crate::name::{NamePattern, ServerName};
+use crate::proxy_protocol::{Cidr, Version};
 
 /// Route name used for `[default]` in logs.
 pub const DEFAULT_ROUTE_NAME: &str = "default";
@@ -53,6 +54,9 @@ pub struct Listen {
     pub address: SocketAddr,
     /// Where `address` is written in routes.toml, to name it if it can't be bound.
     pub position: (usize, usize),
+    /// Sources whose connections start with a PROXY protocol header (required from them, refused
+    /// from anyone else); empty: no header is accepted.
+    pub proxy_trusted: Vec<Cidr>,
 }
 
 /// `[timeouts]`.
@@ -68,6 +72,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// On shutdown, how long spliced connections may go on. Default 30 s.
     pub drain: Duration,
+    /// From a trusted source, the PROXY protocol header must arrive within this, from accept.
+    /// Default 5 s; past it the connection is closed (outcome `bad_proxy_header`).
+    pub proxy_header: Duration,
 }
 
 impl Default for Timeouts {
@@ -77,6 +84,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             idle: Duration::from_secs(3600),
             drain: Duration::from_secs(30),
+            proxy_header: Duration::from_secs(5),
         }
     }
 }
@@ -123,6 +131,8 @@ pub struct Route {
     pub alpn: Vec<Box<[u8]>>,
     /// Where the connection goes.
     pub backend: Backend,
+    /// The PROXY protocol header sent to the backend before the client's bytes, if any.
+    pub proxy_protocol: Option<Version>,
     /// Line of the route's table in routes.toml, for `check` and `explain`.
     pub line: usize,
 }
@@ -191,7 +201,6 @@ impl Config {
         for (index, listen) in raw.listen.iter().enumerate() {
             let key = format!("listen[{index}]");
             let listen_table = listen.get_ref();
-            unsupported(source, &key, "proxy_protocol", &listen_table.proxy_protocol)?;
             if let Some(protocol) = &listen_table.protocol {
                 match protocol.get_ref().as_str() {
                     "tcp" => {}
@@ -212,7 +221,20 @@ impl Config {
                 }
             }
             let address = &listen_table.address;
-            let addr = socket_address(source, address, &format!("{key}.address"))?.address;
+            let mut listen = socket_address(source, address, &format!("{key}.address"))?;
+            let addr = listen.address;
+            if let Some(proxy) = &listen_table.proxy_protocol {
+                for (position, range) in proxy.trusted.iter().enumerate() {
+                    let cidr = Cidr::parse(range.get_ref()).map_err(|message| {
+                        source.at(
+                            range,
+                            format!("{key}.proxy_protocol.trusted[{position}]"),
+                            message,
+                        )
+                    })?;
+                    listen.proxy_trusted.push(cidr);
+                }
+            }
             if let Some(earlier) = listeners
                 .iter()
                 .position(|other: &Listen| other.address == addr && addr.port() != 0)
@@ -223,10 +245,7 @@ impl Config {
                     format!("same address as listen[{earlier}]"),
                 ));
             }
-            listeners.push(Listen {
-                address: addr,
-                position: source.line_column(address.span().start),
-            });
+            listeners.push(listen);
         }
 
         let metrics = raw
@@ -278,6 +297,7 @@ fn socket_address(
     Ok(Listen {
         address,
         position: source.line_column(value.span().start),
+        proxy_trusted: Vec::new(),
     })
 }
 
@@ -319,6 +339,7 @@ fn timeouts(source: Source<'_>, raw: &raw::RawTimeouts) -> Result<Timeouts, Conf
         connect: duration(&raw.connect, "connect", defaults.connect)?,
         idle: duration(&raw.idle, "idle", defaults.idle)?,
         drain: duration(&raw.drain, "drain", defaults.drain)?,
+        proxy_header: duration(&raw.proxy_header, "proxy_header", defaults.proxy_header)?,
     })
 }
 
@@ -364,17 +385,18 @@ fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigErro
 /// The keys a route and `[default]` share: where the traffic goes.
 struct RawTargetRef<'a> {
     backend: &'a Option<Spanned<String>>,
-    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 5],
+    proxy_protocol: &'a Option<Spanned<String>>,
+    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 4],
 }
 
 impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
     fn from(raw: &'a RawRoute) -> Self {
         Self {
             backend: &raw.backend,
+            proxy_protocol: &raw.proxy_protocol,
             unsupported: [
                 ("backends", &raw.backends),
                 ("balance", &raw.balance),
-                ("proxy_protocol", &raw.proxy_protocol),
                 ("terminate", &raw.terminate),
                 ("backend_tls", &raw.backend_tls),
             ],
@@ -386,10 +408,10 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     fn from(raw: &'a RawDefault) -> Self {
         Self {
             backend: &raw.backend,
+            proxy_protocol: &raw.proxy_protocol,
             unsupported: [
                 ("backends", &raw.backends),
                 ("balance", &raw.balance),
-                ("proxy_protocol", &raw.proxy_protocol),
                 ("terminate", &raw.terminate),
                 ("backend_tls", &raw.backend_tls),
             ],
@@ -397,12 +419,13 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     }
 }
 
-fn backend(
+/// Where a route (or `[default]`) sends its traffic, and the PROXY header it sends first.
+fn target(
     source: Source<'_>,
     key: &str,
     table: Range<usize>,
     target: RawTargetRef<'_>,
-) -> Result<Backend, ConfigError> {
+) -> Result<(Backend, Option<Version>), ConfigError> {
     for (name, value) in target.unsupported {
         unsupported(source, key, name, value)?;
     }
@@ -410,8 +433,26 @@ fn backend(
         .backend
         .as_ref()
         .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
-    Backend::parse(backend.get_ref())
-        .map_err(|message| source.at(backend, format!("{key}.backend"), message))
+    let backend = Backend::parse(backend.get_ref())
+        .map_err(|message| source.at(backend, format!("{key}.backend"), message))?;
+    let proxy_protocol = match target.proxy_protocol {
+        None => None,
+        Some(version) => match version.get_ref().as_str() {
+            "v1" => Some(Version::V1),
+            "v2" => Some(Version::V2),
+            other => {
+                return Err(source.at(
+                    version,
+                    format!("{key}.proxy_protocol"),
+                    format!(
+                        "expected \"v1\" or \"v2\", found \"{}\"",
+                        other.escape_debug()
+                    ),
+                ))
+            }
+        },
+    };
+    Ok((backend, proxy_protocol))
 }
 
 fn route_from_raw(
@@ -449,7 +490,7 @@ fn route_from_raw(
             alpn.push(Box::from(bytes));
         }
     }
-    let backend = backend(source, &key, spanned.span(), raw.into())?;
+    let (backend, proxy_protocol) = target(source, &key, spanned.span(), raw.into())?;
     let name = match &raw.name {
         Some(name) => {
             let text = name.get_ref();
@@ -484,6 +525,7 @@ fn route_from_raw(
         sni: Some(sni),
         alpn,
         backend,
+        proxy_protocol,
         line: source.line_column(spanned.span().start).0,
     })
 }
@@ -492,12 +534,14 @@ fn default_from_raw(
     source: Source<'_>,
     spanned: &Spanned<RawDefault>,
 ) -> Result<Route, ConfigError> {
-    let backend = backend(source, "default", spanned.span(), spanned.get_ref().into())?;
+    let (backend, proxy_protocol) =
+        target(source, "default", spanned.span(), spanned.get_ref().into())?;
     Ok(Route {
         name: DEFAULT_ROUTE_NAME.to_owned(),
         sni: None,
         alpn: Vec::new(),
         backend,
+        proxy_protocol,
         line: source.line_column(spanned.span().start).0,
     })
 }

@@ -34,7 +34,13 @@ pub(super) struct RawMetrics {
 pub(super) struct RawListen {
     pub address: Spanned<String>,
     pub protocol: Option<Spanned<String>>,
-    pub proxy_protocol: Option<Spanned<Value>>,
+    pub proxy_protocol: Option<RawListenProxy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListenProxy {
+    pub trusted: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +50,7 @@ pub(super) struct RawTimeouts {
     pub connect: Option<Spanned<String>>,
     pub idle: Option<Spanned<String>>,
     pub drain: Option<Spanned<String>>,
+    pub proxy_header: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,7 +70,7 @@ pub(super) struct RawRoute {
     pub backend: Option<Spanned<String>>,
     pub backends: Option<Spanned<Value>>,
     pub balance: Option<Spanned<Value>>,
-    pub proxy_protocol: Option<Spanned<Value>>,
+    pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<Value>>,
     pub backend_tls: Option<Spanned<Value>>,
 }
@@ -75,7 +82,7 @@ pub(super) struct RawDefault {
     pub backend: Option<Spanned<String>>,
     pub backends: Option<Spanned<Value>>,
     pub balance: Option<Spanned<Value>>,
-    pub proxy_protocol: Option<Spanned<Value>>,
+    pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<Value>>,
     pub backend_tls: Option<Spanned<Value>>,
 }

@@ -42,6 +42,9 @@ fn faults_name_file_line_column_and_key() {
         (format!("{LISTEN}[timeouts]\nconnect = \"0s\"\n"), "routes.toml:4:11: timeouts.connect: expected a duration above zero"),
         (format!("{LISTEN}[limits]\nmax_client_hello = 100\n"), "routes.toml:4:20: limits.max_client_hello: expected 512 to 16777216, found 100"),
         (format!("{LISTEN}[metrics]\naddress = \"localhost:9100\"\n"), "routes.toml:4:11: metrics.address: expected an address like 127.0.0.1:8443 or [::1]:8443, found \"localhost:9100\""),
+        (format!("{route}proxy_protocol = \"v3\"\n"), "routes.toml:6:18: route[0].proxy_protocol: expected \"v1\" or \"v2\", found \"v3\""),
+        (format!("{LISTEN}proxy_protocol = {{ trusted = [\"10.0.0.0/8\", \"10.0.0.0/40\"] }}\n"), "routes.toml:3:45: listen[0].proxy_protocol.trusted[1]: expected a prefix length of 0 to 32, found \"40\""),
+        (format!("{LISTEN}proxy_protocol = {{ trust = [] }}\n"), "routes.toml:3:20: listen[0].proxy_protocol.trust: unknown key `trust`, expected `trusted`"),
         (format!("{LISTEN}[limits]\nmax_pending_per_ip = -1\n"), "routes.toml:4:22: limits.max_pending_per_ip: expected 0 to 1000000, found -1"),
         (format!("{LISTEN}[[route]]\nsni = \"a.test\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:14: invalid basic string, expected `\"`"),
         (format!("{route}[[route]]\nsni = \"A.test.\"\nbackend = \"127.0.0.1:2\"\n"), "routes.toml:7:7: route[1].sni: same name as route[0] (line 3)"),
@@ -80,10 +83,6 @@ fn keys_of_later_releases_are_refused_by_name() {
             "routes.toml:6:13: route[0].terminate: not supported yet",
         ),
         (
-            format!("{route}proxy_protocol = \"v2\"\n"),
-            "routes.toml:6:18: route[0].proxy_protocol: not supported yet",
-        ),
-        (
             format!("{route}backends = [\"127.0.0.1:2\"]\n"),
             "routes.toml:6:12: route[0].backends: not supported yet",
         ),
@@ -96,16 +95,8 @@ fn keys_of_later_releases_are_refused_by_name() {
             "routes.toml:6:15: route[0].backend_tls: not supported yet",
         ),
         (
-            format!("{route}[default]\nbackend = \"127.0.0.1:9\"\nproxy_protocol = \"v1\"\n"),
-            "routes.toml:8:18: default.proxy_protocol: not supported yet",
-        ),
-        (
             format!("{LISTEN}protocol = \"quic\"\n"),
             "routes.toml:3:12: listen[0].protocol: quic is not supported yet",
-        ),
-        (
-            format!("{LISTEN}proxy_protocol = {{ trusted = [] }}\n"),
-            "routes.toml:3:18: listen[0].proxy_protocol: not supported yet",
         ),
     ];
     for (text, expected) in cases {

@@ -16,7 +16,8 @@ use crate::name::ServerName;
 #[derive(Debug)]
 pub(super) struct AccessLog<'a> {
     start: Instant,
-    client: SocketAddr,
+    /// The client's address: the socket's, or a trusted PROXY header's source.
+    pub(super) client: SocketAddr,
     pub(super) server_name: Option<ServerName>,
     pub(super) alpn: Alpn,
     pub(super) ja4: Option<Ja4>,

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::access_log::AccessLog;
 use super::{conn, Live, Outcome, Side};
 use crate::metrics::ListenerMetrics;
+use crate::proxy_protocol::Cidr;
 
 /// Longest pause after failed accepts (out of file descriptors, say) before trying again.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -85,14 +86,22 @@ pub struct Listener {
     pub socket: TcpListener,
     /// Its local address.
     pub address: SocketAddr,
-    /// Its series.
+    /// What its connections need to know of it.
+    pub context: Arc<ListenerContext>,
+}
+
+/// What each connection needs to know of the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerContext {
+    /// Sources that must send a PROXY protocol header first (and the only ones that may).
+    pub proxy_trusted: Vec<Cidr>,
+    /// The listener's series.
     pub metrics: ListenerMetrics,
 }
 
 impl Listener {
     /// Accepts until `shutdown.accepting` fires, spawning each connection on `tracker` with the
-    /// routes live at its accept; past `permits`, or past the pending hellos its address may
-    /// have, connections are closed at once.
+    /// routes live at its accept; past `permits`, connections are closed at once.
     pub async fn run(
         self,
         live: Arc<ArcSwap<Live>>,
@@ -121,27 +130,22 @@ impl Listener {
                     }
                 }
             };
-            self.metrics.accepted.increment(1);
+            self.context.metrics.accepted.increment(1);
             let live = live.load_full();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.metrics.over_max_connections.increment(1);
+                self.context.metrics.over_max_connections.increment(1);
                 let mut log = AccessLog::new(client_addr, live.table.unmatched());
                 log.outcome = (Outcome::OverLimit, Side::Internal);
-                continue;
-            };
-            let Some(slot) = pending.enter(client_addr.ip(), live.limits.max_pending_per_ip) else {
-                self.metrics.over_max_pending.increment(1);
-                let mut log = AccessLog::new(client_addr, live.table.unmatched());
-                log.outcome = (Outcome::PendingLimit, Side::Internal);
                 continue;
             };
             tracker.spawn(conn::serve(
                 stream,
                 client_addr,
                 live,
+                self.context.clone(),
+                pending.clone(),
                 shutdown.clone(),
                 permit,
-                slot,
             ));
         }
     }

@@ -11,7 +11,7 @@ mod conn;
 mod listener;
 mod splice;
 
-pub use listener::{Listener, PendingHellos, Shutdown};
+pub use listener::{Listener, ListenerContext, PendingHellos, Shutdown};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::hello::HelloError;

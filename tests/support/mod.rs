@@ -118,7 +118,10 @@ impl Proxy {
 
     /// Waits for a reload after the `before`th (a file change triggers one by itself).
     pub async fn next_reload(&mut self, before: u64) -> ReloadReport {
-        guard(self.reloads.wait_for(|report| report.attempts > before)).await.unwrap().clone()
+        guard(self.reloads.wait_for(|report| report.attempts > before))
+            .await
+            .unwrap()
+            .clone()
     }
 
     /// Reloads attempted so far.
@@ -180,6 +183,8 @@ pub struct Exchange {
     pub answer: Result<String, rustls::Error>,
     /// Bytes of the ClientHello as sent.
     pub hello_len: usize,
+    /// The client socket's local port.
+    pub client_port: Option<u16>,
 }
 
 /// Connects to `proxy` with a rustls client verifying the backend's certificate for `name`
@@ -203,6 +208,7 @@ fn blocking_exchange(
 ) -> Exchange {
     let mut connection = ClientConnection::new(config, name).unwrap();
     let mut socket = std::net::TcpStream::connect(proxy).unwrap();
+    let client_port = socket.local_addr().unwrap().port();
     socket.set_read_timeout(Some(HANG_GUARD)).unwrap();
     socket.set_nodelay(true).unwrap();
     let mut hello = Vec::new();
@@ -213,7 +219,7 @@ fn blocking_exchange(
     }
     let mut stream = rustls::Stream::new(&mut connection, &mut socket);
     let answer = (|| {
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")?;
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;
         Ok(response)
@@ -228,6 +234,7 @@ fn blocking_exchange(
         }
     });
     Exchange {
+        client_port: Some(client_port),
         answer: answer.map(|response| {
             response
                 .split("\r\n\r\n")
