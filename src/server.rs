@@ -170,6 +170,10 @@ impl Server {
         shutdown.accepting.cancel();
         accept_loops.close();
         accept_loops.wait().await;
+        tracing::info!(
+            connections = connections.len(),
+            "listeners closed; draining"
+        );
         shutdown.hellos.cancel();
         connections.close();
         if tokio::time::timeout(drain, connections.wait())

@@ -365,14 +365,23 @@ impl Binary {
             .expect("an address in the line")
     }
 
-    /// Sends SIGTERM and returns the exit code.
-    pub async fn terminate(mut self) -> Option<i32> {
+    /// Sends the signal `name` (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        let kill = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status();
+        assert!(kill.unwrap().success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait(mut self) -> Option<i32> {
         guard(self.child.wait()).await.unwrap().code()
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(self) -> Option<i32> {
+        self.signal("TERM");
+        self.wait().await
     }
 }
