@@ -317,7 +317,10 @@ mod tests {
         client_hello_rustls(&hello);
     }
 
-    /// Each case [`stricter_than_rustls`] names is one rustls really accepts.
+    /// Each case [`stricter_than_rustls`] names is one rustls really accepts. The server_name
+    /// case is the differential fuzzer's find
+    /// (`fuzz/regressions/client_hello_rustls/crash-200a53e3…`: a GnuTLS hello whose host name
+    /// length was cut short, leaving bytes rustls skips and sniroute refuses).
     #[test]
     fn the_documented_differences_from_rustls_are_real() {
         let mut many_extensions = ClientHelloBuilder::new().server_name("a.test");

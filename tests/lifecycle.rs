@@ -7,23 +7,7 @@ use sniroute::hello::synth::ClientHelloBuilder;
 use sniroute::server::Signal;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// An echo backend: everything it reads it writes back, until EOF.
-async fn echo_backend() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = stream.into_split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    address
-}
+use tokio::net::TcpStream;
 
 /// Opens a spliced connection through `proxy` and proves it spliced: the hello comes back.
 async fn spliced(proxy: std::net::SocketAddr) -> TcpStream {

@@ -6,7 +6,7 @@ mod support;
 use sniroute::hello::synth::ClientHelloBuilder;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 fn route(name: &str, backend: std::net::SocketAddr) -> String {
     format!("[[route]]\nsni = \"{name}\"\nbackend = \"{backend}\"\n")
@@ -33,22 +33,6 @@ async fn new_connections_follow_the_new_table_and_a_bad_config_changes_nothing()
     );
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
     proxy.shutdown().await;
-}
-
-/// An echo backend: everything it reads it writes back, until EOF.
-async fn echo_backend() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = stream.into_split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    address
 }
 
 #[tokio::test]

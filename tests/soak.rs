@@ -14,28 +14,13 @@ use std::net::SocketAddr;
 use sniroute::hello::synth::ClientHelloBuilder;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const CONNECTIONS: usize = 200;
 const RELOADS: usize = 50;
 /// Chunks each connection sends: one before the reloads, one per ten reloads, one after SIGTERM.
 const CHUNK: usize = 32 * 1024;
-
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = stream.into_split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-                let _ = write.shutdown().await;
-            });
-        }
-    });
-    address
-}
 
 fn byte(connection: usize, offset: usize) -> u8 {
     (connection
@@ -54,6 +39,7 @@ async fn transfer(
     spliced: tokio::sync::mpsc::Sender<()>,
 ) -> (usize, bool) {
     let hello = ClientHelloBuilder::new().server_name("soak.test").record();
+    let sent_hello = hello.clone();
     let stream = TcpStream::connect(proxy).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let reader = tokio::spawn(async move {

@@ -62,8 +62,9 @@ pub struct Listen {
 /// `[timeouts]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// The whole ClientHello must arrive within this, from accept. Default 10 s; past it the
-    /// connection is closed (outcome `hello_timeout`).
+    /// The whole ClientHello must arrive within this, from accept (from the end of the PROXY
+    /// header, where one is expected). Default 10 s; past it the connection is closed (outcome
+    /// `hello_timeout`).
     pub client_hello: Duration,
     /// Backend TCP connect, DNS included. Default 5 s; past it the client gets an
     /// `internal_error` alert (outcome `connect_timeout`).

@@ -33,7 +33,8 @@ pub struct Shutdown {
 
 /// Connections still sending their hello, per client address (`limits.max_pending_per_ip`).
 ///
-/// Locked twice per connection, at accept and when its hello phase ends; never on the data path.
+/// Locked twice per connection, when its hello phase starts (after any PROXY header, whose source
+/// is the address counted) and when it ends; never on the data path.
 /// Holds an entry only for addresses with a pending hello, so it is bounded by the connection cap.
 #[derive(Debug, Default)]
 pub struct PendingHellos {

@@ -294,6 +294,22 @@ impl Recording {
     }
 }
 
+/// A plain-TCP echo backend: everything it reads it writes back, until EOF.
+pub async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.into_split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    address
+}
+
 /// Sends `bytes` to `proxy`, closes the write side, and returns everything read back until EOF
 /// (an error reading counts as EOF: a reset after an alert).
 pub async fn send_raw(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
