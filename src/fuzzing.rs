@@ -103,15 +103,17 @@ pub fn client_hello_rustls(data: &[u8]) {
 /// Where sniroute refuses a hello that rustls' `Acceptor` takes, and why (README "Fuzzing"):
 /// - sniroute bounds the number of extensions and ALPN protocols it reads; rustls does not;
 /// - in server_name, rustls stops reading at the first entry that is not a host_name and
-///   ignores whatever follows, even bytes that don't parse; sniroute reads every entry (each has
-///   a 16-bit length, RFC 6066 §3) and refuses a list that doesn't add up, so no bytes in the
-///   name list go unexamined.
+///   ignores whatever follows; sniroute reads every entry (each has a 16-bit length, RFC 6066
+///   §3), so it refuses a list that doesn't add up, and a second host_name after an entry of
+///   another type (RFC 6066 forbids two; Go's crypto/tls refuses them too), so no bytes in the
+///   name list go unexamined by the component that routes on it.
 pub fn stricter_than_rustls(error: &HelloError) -> bool {
     matches!(
         error,
         HelloError::TooManyExtensions
             | HelloError::TooManyAlpnProtocols
             | HelloError::Malformed("server_name entry")
+            | HelloError::TwoServerNames
     )
 }
 
@@ -340,7 +342,16 @@ mod tests {
         let list_len = (names.len() - 2) as u16;
         names[..2].copy_from_slice(&list_len.to_be_bytes());
         let trailing_entry = ClientHelloBuilder::new().extension(0, &names).record();
+        // Fuzzer find `crash-82199272…`: host_name, an entry of type 0x70, then a second host_name.
+        let mut names = vec![0, 0, 0, 0, 6];
+        names.extend_from_slice(b"a.test");
+        names.extend_from_slice(&[0x70, 0, 0, 0, 0, 6]);
+        names.extend_from_slice(b"b.test");
+        let list_len = (names.len() - 2) as u16;
+        names[..2].copy_from_slice(&list_len.to_be_bytes());
+        let second_name = ClientHelloBuilder::new().extension(0, &names).record();
         for (what, hello, error) in [
+            ("second host_name", second_name, HelloError::TwoServerNames),
             (
                 "server_name entry",
                 trailing_entry,
