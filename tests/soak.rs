@@ -60,10 +60,7 @@ async fn transfer(
             received += n;
         }
     });
-    write
-        .write_all(&ClientHelloBuilder::new().server_name("soak.test").record())
-        .await
-        .unwrap();
+    write.write_all(&sent_hello).await.unwrap();
     let mut sent = 0;
     for phase in 0..=last_phase {
         guard(phases.wait_for(|current| *current >= phase))
