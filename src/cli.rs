@@ -201,7 +201,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
         config.limits.max_pending_per_ip
     )?;
     writeln!(out, "routes, in the order they match:")?;
-    let rows: Vec<[String; 5]> = in_match_order(&config)
+    let rows: Vec<[String; 6]> = in_match_order(&config)
         .into_iter()
         .map(|route| {
             [
@@ -213,11 +213,12 @@ fn check(path: &Path) -> anyhow::Result<()> {
                     .map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
                 alpn_list(route),
                 route.backend.to_string(),
+                tls_mode(route),
             ]
         })
         .collect();
-    let header = ["line", "name", "sni", "alpn", "backend"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5)
+    let header = ["line", "name", "sni", "alpn", "backend", "tls"].map(str::to_owned);
+    let widths: Vec<usize> = (0..6)
         .map(|column| {
             rows.iter()
                 .chain([&header])
@@ -253,6 +254,33 @@ fn emit(out: &str) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// How a route treats the client's TLS: `passthrough`, or `terminate` and what it adds.
+fn tls_mode(route: &Route) -> String {
+    let Some(terminate) = &route.terminate else {
+        return "passthrough".to_owned();
+    };
+    let mut mode = "terminate".to_owned();
+    if !terminate.files.alpn.is_empty() {
+        let offered: Vec<String> = terminate
+            .files
+            .alpn
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        mode.push_str(&format!(", offers {}", offered.join(",")));
+    }
+    if terminate.files.client_ca.is_some() {
+        mode.push_str(", client certificate required");
+    }
+    if let Some(backend_tls) = &terminate.backend_tls {
+        mode.push_str(&format!(
+            ", re-encrypts to {}",
+            backend_tls.server_name.to_str()
+        ));
+    }
+    mode
 }
 
 fn alpn_list(route: &Route) -> String {
@@ -299,6 +327,7 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
         Some(route) => {
             writeln!(out, "route    {} (line {})", route.name, route.line)?;
             writeln!(out, "backend  {}", route.backend)?;
+            writeln!(out, "tls      {}", tls_mode(route))?;
             match decision.reason {
                 Reason::NoServerName | Reason::NoMatch => {
                     writeln!(out, "why      {}, so [default]", decision.reason)?

@@ -78,14 +78,33 @@ impl Pki {
         Ok((certificate.der().clone(), key))
     }
 
-    /// As [`Pki::issue`], in PEM: the certificate then its private key, for servers that read
-    /// one file (HAProxy's `crt`).
+    /// As [`Pki::issue`], in PEM: the certificate and its private key, as files for sniroute's
+    /// `terminate` or (concatenated) HAProxy's `crt`.
     ///
     /// # Errors
     /// As [`Pki::issue`].
-    pub fn issue_pem(&self, names: &[String]) -> Result<String, PkiError> {
+    pub fn issue_pem(&self, names: &[String]) -> Result<(String, String), PkiError> {
         let (certificate, key) = self.issue_with_key(names)?;
-        Ok(format!("{}{}", certificate.pem(), key.serialize_pem()))
+        Ok((certificate.pem(), key.serialize_pem()))
+    }
+
+    /// A client certificate, for mutual TLS, whose subject is `CN=common_name`, and its key.
+    ///
+    /// # Errors
+    /// As [`Pki::issue`].
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let certificate = params.signed_by(&key, &self.ca)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((certificate.der().clone(), key))
     }
 
     fn issue_with_key(&self, names: &[String]) -> Result<(rcgen::Certificate, KeyPair), PkiError> {
@@ -105,8 +124,7 @@ impl Pki {
         alpn: &[&str],
     ) -> Result<Arc<ServerConfig>, PkiError> {
         let (certificate, key) = self.issue(names)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(crate::terminate::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![certificate], key)?;

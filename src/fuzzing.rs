@@ -185,6 +185,7 @@ pub fn route(data: &[u8]) {
             alpn: Vec::new(),
             backend: backend.clone(),
             proxy_protocol: None,
+            terminate: None,
             line,
         })
         .collect();
@@ -204,6 +205,7 @@ pub fn route(data: &[u8]) {
             alpn: Vec::new(),
             backend,
             proxy_protocol: None,
+            terminate: None,
             line: 0,
         }),
     };

@@ -9,16 +9,18 @@
 //! demo         in-process TLS backends and certificates for `demo`    → config, server
 //! name         ServerName, NamePattern                                → –
 //! hello        Peeker::feed -> Progress; record reassembly; alerts    → name
-//! config       routes.toml: raw serde mirror → validated Config       → name
+//! config       routes.toml: raw serde mirror → validated Config       → name, terminate
 //! outcome      Outcome, Side: how a connection ended                  → –
 //! metrics      series names, per-route handles, GET /metrics           → outcome
 //! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name, metrics
 //! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges            → –
-//! proxy        listener, conn, splice, alert, access_log              → hello, route, config, metrics, proxy_protocol
+//! terminate    PEM loading, rustls configs per terminate route         → –
+//! proxy        listener, conn, handshake, splice, alert, access_log   → hello, route, config, metrics, proxy_protocol, terminate
 //! server       bind, live table, reload, shutdown and drain           → proxy, config, metrics
 //! ```
 //!
-//! `name`, `hello`, `config`, `route` and `proxy_protocol` do no I/O and never import tokio: they are what the
+//! `name`, `hello`, `config`, `route`, `proxy_protocol` and `terminate` do no socket I/O and never
+//! import tokio (`config` and `terminate` read files): they are what the
 //! unit tests, proptests and fuzz targets exercise directly.
 
 #![forbid(unsafe_code)]
@@ -40,3 +42,4 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod route;
 pub mod server;
+pub mod terminate;

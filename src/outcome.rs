@@ -38,11 +38,15 @@ pub enum Outcome {
     PendingLimit,
     /// From a trusted source: a PROXY protocol header missing, malformed or late.
     BadProxyHeader,
+    /// Terminate routes: the TLS handshake failed or timed out, with the client (a missing or
+    /// bad client certificate, no ALPN in common) or, re-encrypting, with the backend (`side`
+    /// says which).
+    TlsError,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 16] = [
+    pub const ALL: [Outcome; 17] = [
         Self::Ok,
         Self::NotTls,
         Self::Sslv2,
@@ -59,6 +63,7 @@ impl Outcome {
         Self::OverLimit,
         Self::PendingLimit,
         Self::BadProxyHeader,
+        Self::TlsError,
     ];
 
     /// This outcome's position in [`Outcome::ALL`].
@@ -85,6 +90,7 @@ impl Outcome {
             Self::OverLimit => "over_limit",
             Self::PendingLimit => "pending_limit",
             Self::BadProxyHeader => "bad_proxy_header",
+            Self::TlsError => "tls_error",
         }
     }
 }

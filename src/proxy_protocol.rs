@@ -17,6 +17,15 @@ const V2_HEADER: usize = 16;
 /// PP2_TYPE_ALPN and PP2_TYPE_AUTHORITY.
 const TLV_ALPN: u8 = 0x01;
 const TLV_AUTHORITY: u8 = 0x02;
+const TLV_SSL: u8 = 0x20;
+const TLV_SSL_VERSION: u8 = 0x21;
+const TLV_SSL_CN: u8 = 0x22;
+const TLV_SSL_CIPHER: u8 = 0x23;
+/// PP2_TYPE_SSL client flags: the connection used TLS; a client certificate was presented on
+/// this connection; and on its session.
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 
 /// A PROXY protocol version, as a route's `proxy_protocol` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +214,51 @@ fn decode_v2(input: &[u8]) -> Result<Option<Header>, ProxyHeaderError> {
 pub struct Tlvs<'a> {
     /// PP2_TYPE_AUTHORITY: the normalised server name.
     pub authority: Option<&'a str>,
-    /// PP2_TYPE_ALPN: the first protocol the client offered.
+    /// PP2_TYPE_ALPN: the first protocol the client offered (passthrough) or the one negotiated
+    /// (terminate).
     pub alpn: Option<&'a [u8]>,
+    /// PP2_TYPE_SSL: the client's TLS, on terminate routes.
+    pub ssl: Option<Ssl<'a>>,
+}
+
+/// PP2_TYPE_SSL's contents: how the client's TLS went, when sniroute terminated it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ssl<'a> {
+    /// PP2_SUBTYPE_SSL_VERSION: `TLSv1.3` or `TLSv1.2`.
+    pub version: &'a str,
+    /// PP2_SUBTYPE_SSL_CIPHER: the cipher suite's IANA name.
+    pub cipher: &'a str,
+    /// PP2_SUBTYPE_SSL_CN: the verified client certificate's subject common name. `Some("")`
+    /// for a verified certificate without one; `None`: no client certificate.
+    pub client_cn: Option<&'a str>,
+}
+
+impl Ssl<'_> {
+    /// The TLV's value: client flags, verify result (0: verified, the only kind sniroute lets
+    /// through), then the sub-TLVs.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut client = PP2_CLIENT_SSL;
+        if self.client_cn.is_some() {
+            client |= PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS;
+        }
+        out.push(client);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        tlv(out, TLV_SSL_VERSION, self.version.as_bytes());
+        tlv(out, TLV_SSL_CIPHER, self.cipher.as_bytes());
+        if let Some(name) = self.client_cn.filter(|name| !name.is_empty()) {
+            tlv(out, TLV_SSL_CN, name.as_bytes());
+        }
+    }
+}
+
+/// Appends one type-length-value; a value too long for the length field is left out (nothing
+/// sniroute sends comes near 64 KiB: names are ≤ 255 bytes, a certificate's CN ≤ 64).
+fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    if let Ok(len) = u16::try_from(value.len()) {
+        out.push(kind);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(value);
+    }
 }
 
 /// Appends a header for `addresses` to `out`; v2 also carries `tlvs`.
@@ -254,15 +306,16 @@ pub fn encode(version: Version, addresses: Addresses, tlvs: Tlvs<'_>, out: &mut 
             };
             block.extend_from_slice(&source.port().to_be_bytes());
             block.extend_from_slice(&destination.port().to_be_bytes());
-            for (kind, value) in [
-                (TLV_ALPN, tlvs.alpn),
-                (TLV_AUTHORITY, tlvs.authority.map(str::as_bytes)),
-            ] {
-                if let Some(value) = value {
-                    block.push(kind);
-                    block.extend_from_slice(&(value.len() as u16).to_be_bytes());
-                    block.extend_from_slice(value);
-                }
+            if let Some(alpn) = tlvs.alpn {
+                tlv(&mut block, TLV_ALPN, alpn);
+            }
+            if let Some(authority) = tlvs.authority {
+                tlv(&mut block, TLV_AUTHORITY, authority.as_bytes());
+            }
+            if let Some(ssl) = tlvs.ssl {
+                let mut value = Vec::with_capacity(64);
+                ssl.encode(&mut value);
+                tlv(&mut block, TLV_SSL, &value);
             }
             out.extend_from_slice(&V2_SIGNATURE);
             out.extend_from_slice(&[0x21, family]);
@@ -392,6 +445,7 @@ mod tests {
             Tlvs {
                 authority: Some("app.test"),
                 alpn: Some(b"h2"),
+                ssl: None,
             },
             &mut out,
         );
@@ -418,6 +472,35 @@ mod tests {
                 len: 52
             }))
         );
+    }
+
+    #[test]
+    fn a_terminated_connection_carries_its_tls_and_client_certificate_name() {
+        let mut out = Vec::new();
+        let ssl = Ssl {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            client_cn: Some("alice"),
+        };
+        let tlvs = Tlvs {
+            ssl: Some(ssl),
+            ..Tlvs::default()
+        };
+        encode(
+            Version::V2,
+            addresses("10.0.0.1:1", "10.0.0.2:2"),
+            tlvs,
+            &mut out,
+        );
+        let mut expected = vec![TLV_SSL, 0, 1 + 4 + 10 + 27 + 8, 0x07, 0, 0, 0, 0];
+        expected.extend_from_slice(&[TLV_SSL_VERSION, 0, 7]);
+        expected.extend_from_slice(b"TLSv1.3");
+        expected.extend_from_slice(&[TLV_SSL_CIPHER, 0, 24]);
+        expected.extend_from_slice(b"TLS13_AES_128_GCM_SHA256");
+        expected.extend_from_slice(&[TLV_SSL_CN, 0, 5]);
+        expected.extend_from_slice(b"alice");
+        assert!(out.ends_with(&expected));
+        assert_eq!(out.len(), 16 + 12 + expected.len());
     }
 
     #[test]
@@ -508,6 +591,11 @@ mod tests {
                     Tlvs {
                         authority: Some("a.test"),
                         alpn: Some(b"h2"),
+                        ssl: Some(Ssl {
+                            version: "TLSv1.3",
+                            cipher: "TLS13_AES_128_GCM_SHA256",
+                            client_cn: Some("alice"),
+                        }),
                     },
                     &mut out,
                 );

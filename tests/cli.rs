@@ -92,10 +92,10 @@ listen    127.0.0.1:8443
 timeouts  client_hello 10s, connect 5s, idle 1h, drain 30s
 limits    max_connections 50000, max_client_hello 65536, max_pending_per_ip 64
 routes, in the order they match:
-  line  name              sni               alpn  backend
-  24    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001
-  33    beta.demo.test    beta.demo.test    -     127.0.0.1:9002
-  29    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002
+  line  name              sni               alpn  backend         tls
+  24    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001  passthrough
+  33    beta.demo.test    beta.demo.test    -     127.0.0.1:9002  passthrough
+  29    *.beta.demo.test  *.beta.demo.test  -     127.0.0.1:9002  passthrough
 no [default]: hellos without a name or with an unknown one get an unrecognized_name alert
 ",
         example()
@@ -117,7 +117,7 @@ fn explain_says_which_route_and_why() {
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         text(&output.stdout),
-        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 29)\nbackend  127.0.0.1:9002\nwhy      the longest matching wildcard\n"
+        "sni      www.beta.demo.test\nalpn     h2\nroute    *.beta.demo.test (line 29)\nbackend  127.0.0.1:9002\ntls      passthrough\nwhy      the longest matching wildcard\n"
     );
     let output = sniroute(&["explain", "--config", &example(), "--sni", "nobody.test"]);
     assert_eq!(

@@ -32,9 +32,11 @@ fn installed(tool: &str) -> bool {
 struct Setup {
     proxy: Proxy,
     ca: tempfile::NamedTempFile,
+    _certificates: tempfile::TempDir,
 }
 
-/// Two HTTP/1.1 TLS backends with their own certificates, one name each, and a CA file.
+/// Two HTTP/1.1 TLS backends with their own certificates, one name each; a terminate route
+/// for `admin.test` in front of a plaintext HTTP backend; and a CA file.
 async fn setup() -> Setup {
     let mut addresses = Vec::new();
     for name in ["alpha", "beta"] {
@@ -47,14 +49,24 @@ async fn setup() -> Setup {
                 .address,
         );
     }
+    let certificates = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(pki(), certificates.path(), "admin", &["admin.test"]);
     let proxy = Proxy::start(&format!(
-        "[[route]]\nsni = \"alpha.test\"\nbackend = \"{}\"\n[[route]]\nsni = \"beta.test\"\nbackend = \"{}\"\n",
-        addresses[0], addresses[1]
+        "[[route]]\nsni = \"alpha.test\"\nbackend = \"{}\"\n[[route]]\nsni = \"beta.test\"\nbackend = \"{}\"\n\
+         [[route]]\nsni = \"admin.test\"\nbackend = \"{}\"\n\
+         terminate = {{ cert = \"{cert}\", key = \"{key}\", alpn = [\"http/1.1\"] }}\n",
+        addresses[0],
+        addresses[1],
+        http_backend("admin").await
     ))
     .await;
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), pki().ca_pem()).unwrap();
-    Setup { proxy, ca }
+    Setup {
+        proxy,
+        ca,
+        _certificates: certificates,
+    }
 }
 
 async fn run(mut command: tokio::process::Command, stdin: &[u8]) -> (Option<i32>, String, String) {
@@ -99,6 +111,12 @@ async fn curl_reaches_the_backend_for_each_name_and_an_unknown_name_gets_an_aler
         assert_eq!(code, Some(0), "{stderr}");
         assert_eq!(stdout, format!("{name}: sni={name}.test alpn=http/1.1\n"));
     }
+    let (code, stdout, stderr) = run(curl(&setup, "admin.test"), b"").await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout, "admin: GET / HTTP/1.1\n",
+        "the terminate route's plaintext backend"
+    );
     let (code, _, stderr) = run(curl(&setup, "unknown.test"), b"").await;
     assert_eq!(code, Some(35), "{stderr}");
     assert!(stderr.contains("unrecognized name"), "{stderr}");
@@ -142,6 +160,28 @@ async fn openssl_s_client_reaches_the_right_backend_with_the_hello_in_one_or_man
                 "{extra:?}: {stdout} {stderr}"
             );
         }
+    }
+    setup.proxy.shutdown().await;
+}
+
+/// A terminate route: s_client verifies the proxy's own certificate for the name and its
+/// request reaches the plaintext backend.
+#[tokio::test]
+async fn openssl_s_client_sees_the_proxys_certificate_on_a_terminate_route() {
+    if !installed("openssl") {
+        return;
+    }
+    let setup = setup().await;
+    let command = s_client(&setup, "admin.test", &["-brief"]);
+    let request = b"GET /from-openssl HTTP/1.1\r\nhost: admin.test\r\n\r\n";
+    let (_, stdout, stderr) = run(command, request).await;
+    assert!(
+        stdout.ends_with("admin: GET /from-openssl HTTP/1.1\n"),
+        "{stdout} {stderr}"
+    );
+    let output = stdout + &stderr;
+    for line in ["Verification: OK", "Verified peername: admin.test"] {
+        assert!(output.contains(line), "{line}: {output}");
     }
     setup.proxy.shutdown().await;
 }

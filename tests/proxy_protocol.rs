@@ -70,6 +70,7 @@ async fn routes_send_v1_and_v2_headers_with_the_client_address_sni_and_alpn() {
         Tlvs {
             authority: Some("two.test"),
             alpn: Some(b"h2"),
+            ssl: None,
         },
     );
     expected.extend_from_slice(&hello);
@@ -205,7 +206,8 @@ async fn start_haproxy(dir: &std::path::Path) -> Option<(tokio::process::Child, 
     }
     let certificate = dir.join("backend.pem");
     let names = ["app.test".to_owned(), "v1.app.test".to_owned()];
-    std::fs::write(&certificate, pki().issue_pem(&names).unwrap()).unwrap();
+    let (certificate_pem, key_pem) = pki().issue_pem(&names).unwrap();
+    std::fs::write(&certificate, certificate_pem + &key_pem).unwrap();
     let config = format!(
         "global\n  log stderr format raw local0 err\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 20s\n  timeout server 20s\n\
          frontend app\n  bind fd@__FD__ accept-proxy ssl crt {}\n  http-request return status 200 content-type text/plain lf-string \"haproxy saw %ci:%cp\"\n",

@@ -13,16 +13,18 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ConfigError;
 use error::Source;
-use raw::{RawConfig, RawDefault, RawRoute};
+use raw::{RawBackendTls, RawConfig, RawDefault, RawRoute, RawTerminate};
 use toml::{Spanned, Value};
 
 use crate::name::{NamePattern, ServerName};
 use crate::proxy_protocol::{Cidr, Version};
+use crate::terminate::{self, BackendTls, TerminateError, TerminateFiles};
 
 /// Route name used for `[default]` in logs.
 pub const DEFAULT_ROUTE_NAME: &str = "default";
@@ -30,7 +32,7 @@ pub const DEFAULT_ROUTE_NAME: &str = "default";
 pub const NO_ROUTE_NAME: &str = "none";
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Sockets to accept TLS connections on, in file order.
     pub listeners: Vec<Listen>,
@@ -121,7 +123,7 @@ const MAX_CLIENT_HELLO: Range<i64> = 512..16_777_217;
 const MAX_PENDING_PER_IP: Range<i64> = 0..1_000_001;
 
 /// One `[[route]]` (or `[default]`, with no `sni`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Label in logs: `name`, or the sni pattern plus `/alpn,list` when there is one.
     pub name: String,
@@ -134,8 +136,23 @@ pub struct Route {
     pub backend: Backend,
     /// The PROXY protocol header sent to the backend before the client's bytes, if any.
     pub proxy_protocol: Option<Version>,
+    /// `None`: passthrough (the hello and everything after it go to the backend unchanged);
+    /// otherwise sniroute completes the handshake itself.
+    pub terminate: Option<Terminate>,
     /// Line of the route's table in routes.toml, for `check` and `explain`.
     pub line: usize,
+}
+
+/// A terminate route's TLS: loaded when the config is, shared by every connection it serves
+/// (a reload loads the files again; open connections keep what they started with).
+#[derive(Debug, Clone)]
+pub struct Terminate {
+    /// The files it was made from, paths resolved against routes.toml's directory.
+    pub files: TerminateFiles,
+    /// The server config: certificate, key, ALPN, client verifier.
+    pub server: Arc<rustls::ServerConfig>,
+    /// `backend_tls`: re-encrypt to the backend; `None`: the backend receives plaintext.
+    pub backend_tls: Option<BackendTls>,
 }
 
 /// A backend address: an IP and port, or a host name resolved at connect time.
@@ -387,7 +404,9 @@ fn limits(source: Source<'_>, raw: &raw::RawLimits) -> Result<Limits, ConfigErro
 struct RawTargetRef<'a> {
     backend: &'a Option<Spanned<String>>,
     proxy_protocol: &'a Option<Spanned<String>>,
-    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 4],
+    terminate: &'a Option<Spanned<RawTerminate>>,
+    backend_tls: &'a Option<Spanned<RawBackendTls>>,
+    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 2],
 }
 
 impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
@@ -395,12 +414,9 @@ impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
         Self {
             backend: &raw.backend,
             proxy_protocol: &raw.proxy_protocol,
-            unsupported: [
-                ("backends", &raw.backends),
-                ("balance", &raw.balance),
-                ("terminate", &raw.terminate),
-                ("backend_tls", &raw.backend_tls),
-            ],
+            terminate: &raw.terminate,
+            backend_tls: &raw.backend_tls,
+            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
         }
     }
 }
@@ -410,23 +426,28 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
         Self {
             backend: &raw.backend,
             proxy_protocol: &raw.proxy_protocol,
-            unsupported: [
-                ("backends", &raw.backends),
-                ("balance", &raw.balance),
-                ("terminate", &raw.terminate),
-                ("backend_tls", &raw.backend_tls),
-            ],
+            terminate: &raw.terminate,
+            backend_tls: &raw.backend_tls,
+            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
         }
     }
 }
 
-/// Where a route (or `[default]`) sends its traffic, and the PROXY header it sends first.
+/// Where a route (or `[default]`) sends its traffic, and how.
+struct Target {
+    backend: Backend,
+    proxy_protocol: Option<Version>,
+    terminate: Option<Terminate>,
+}
+
+/// Where a route (or `[default]`) sends its traffic, the PROXY header it sends first, and its
+/// TLS when it terminates.
 fn target(
     source: Source<'_>,
     key: &str,
     table: Range<usize>,
     target: RawTargetRef<'_>,
-) -> Result<(Backend, Option<Version>), ConfigError> {
+) -> Result<Target, ConfigError> {
     for (name, value) in target.unsupported {
         unsupported(source, key, name, value)?;
     }
@@ -453,7 +474,144 @@ fn target(
             }
         },
     };
-    Ok((backend, proxy_protocol))
+    let terminate = match (target.terminate, target.backend_tls) {
+        (None, None) => None,
+        (None, Some(backend_tls)) => {
+            return Err(source.at(
+                backend_tls,
+                format!("{key}.backend_tls"),
+                "needs `terminate` (passthrough traffic stays the client's TLS end to end)",
+            ))
+        }
+        (Some(raw), backend_tls) => Some(terminate(
+            source,
+            key,
+            raw.get_ref(),
+            backend_tls.as_ref(),
+            &backend,
+        )?),
+    };
+    Ok(Target {
+        backend,
+        proxy_protocol,
+        terminate,
+    })
+}
+
+/// Loads a terminate route's certificate, key and CAs and builds its TLS configs. Relative paths
+/// are taken from routes.toml's directory. A PEM fault is reported at the key naming the file,
+/// and names the file too.
+fn terminate(
+    source: Source<'_>,
+    key: &str,
+    raw: &RawTerminate,
+    backend_tls: Option<&Spanned<RawBackendTls>>,
+    backend: &Backend,
+) -> Result<Terminate, ConfigError> {
+    let key = format!("{key}.terminate");
+    let base = source.file.parent().unwrap_or(Path::new(""));
+    let path = |value: &Spanned<String>| base.join(value.get_ref());
+    let files = TerminateFiles {
+        cert: path(&raw.cert),
+        key: path(&raw.key),
+        client_ca: raw.client_ca.as_ref().map(path),
+        alpn: match &raw.alpn {
+            Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
+            None => Vec::new(),
+        },
+    };
+    // Which key of `terminate` names the file a fault is in.
+    let located =
+        |error: TerminateError, table: &str, named: &[(&str, &Spanned<String>, PathBuf)]| {
+            let (name, value) = named
+                .iter()
+                .find(|(_, _, file)| *file == error.file)
+                .map_or((named[0].0, named[0].1), |(name, value, _)| (*name, *value));
+            source.at(value, format!("{table}.{name}"), error.to_string())
+        };
+    let mut named = vec![
+        ("cert", &raw.cert, files.cert.clone()),
+        ("key", &raw.key, files.key.clone()),
+    ];
+    if let (Some(value), Some(file)) = (&raw.client_ca, &files.client_ca) {
+        named.push(("client_ca", value, file.clone()));
+    }
+    let server = terminate::server_config(&files).map_err(|error| located(error, &key, &named))?;
+    let backend_tls = match backend_tls {
+        None => None,
+        Some(spanned) => {
+            let raw_tls = spanned.get_ref();
+            let table = key.replace(".terminate", ".backend_tls");
+            let server_name = match &raw_tls.server_name {
+                Some(name) => rustls::pki_types::ServerName::try_from(name.get_ref().clone())
+                    .map_err(|_| {
+                        source.at(
+                            name,
+                            format!("{table}.server_name"),
+                            format!(
+                                "expected a DNS name or IP address, found \"{}\"",
+                                name.get_ref().escape_debug()
+                            ),
+                        )
+                    })?,
+                None => match backend {
+                    Backend::Addr(addr) => rustls::pki_types::ServerName::from(addr.ip()),
+                    Backend::Host(host, _) => rustls::pki_types::ServerName::try_from(
+                        host.as_str().to_owned(),
+                    )
+                    .map_err(|_| source.at(spanned, table.clone(), "expected a `server_name`"))?,
+                },
+            };
+            let offered: &[Box<[u8]>] = if raw_tls.alpn_to_backend.unwrap_or(false) {
+                if files.alpn.is_empty() {
+                    return Err(source.at(
+                        spanned,
+                        format!("{table}.alpn_to_backend"),
+                        "needs `terminate.alpn`",
+                    ));
+                }
+                &files.alpn
+            } else {
+                &[]
+            };
+            let ca = path(&raw_tls.ca);
+            Some(
+                terminate::backend_tls(&ca, server_name, offered)
+                    .map_err(|error| located(error, &table, &[("ca", &raw_tls.ca, ca.clone())]))?,
+            )
+        }
+    };
+    Ok(Terminate {
+        files,
+        server,
+        backend_tls,
+    })
+}
+
+/// A non-empty list of ALPN protocol names, each 1 to 255 bytes.
+fn alpn_list(
+    source: Source<'_>,
+    key: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<Box<[u8]>>, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(source.at(list, key, "expected at least one protocol"));
+    }
+    list.get_ref()
+        .iter()
+        .enumerate()
+        .map(|(position, protocol)| {
+            let bytes = protocol.get_ref().as_bytes();
+            if bytes.is_empty() || bytes.len() > 255 {
+                return Err(source.at(
+                    protocol,
+                    format!("{key}[{position}]"),
+                    "expected a protocol name of 1 to 255 bytes",
+                ));
+            }
+            Ok(Box::from(bytes))
+        })
+        .collect()
 }
 
 fn route_from_raw(
@@ -470,28 +628,11 @@ fn route_from_raw(
             format!("\"{}\": {error}", raw.sni.get_ref().escape_debug()),
         )
     })?;
-    let mut alpn = Vec::new();
-    if let Some(list) = &raw.alpn {
-        if list.get_ref().is_empty() {
-            return Err(source.at(
-                list,
-                format!("{key}.alpn"),
-                "expected at least one protocol",
-            ));
-        }
-        for (position, protocol) in list.get_ref().iter().enumerate() {
-            let bytes = protocol.get_ref().as_bytes();
-            if bytes.is_empty() || bytes.len() > 255 {
-                return Err(source.at(
-                    protocol,
-                    format!("{key}.alpn[{position}]"),
-                    "expected a protocol name of 1 to 255 bytes",
-                ));
-            }
-            alpn.push(Box::from(bytes));
-        }
-    }
-    let (backend, proxy_protocol) = target(source, &key, spanned.span(), raw.into())?;
+    let alpn = match &raw.alpn {
+        Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
+        None => Vec::new(),
+    };
+    let target = target(source, &key, spanned.span(), raw.into())?;
     let name = match &raw.name {
         Some(name) => {
             let text = name.get_ref();
@@ -525,8 +666,9 @@ fn route_from_raw(
         name,
         sni: Some(sni),
         alpn,
-        backend,
-        proxy_protocol,
+        backend: target.backend,
+        proxy_protocol: target.proxy_protocol,
+        terminate: target.terminate,
         line: source.line_column(spanned.span().start).0,
     })
 }
@@ -535,14 +677,14 @@ fn default_from_raw(
     source: Source<'_>,
     spanned: &Spanned<RawDefault>,
 ) -> Result<Route, ConfigError> {
-    let (backend, proxy_protocol) =
-        target(source, "default", spanned.span(), spanned.get_ref().into())?;
+    let target = target(source, "default", spanned.span(), spanned.get_ref().into())?;
     Ok(Route {
         name: DEFAULT_ROUTE_NAME.to_owned(),
         sni: None,
         alpn: Vec::new(),
-        backend,
-        proxy_protocol,
+        backend: target.backend,
+        proxy_protocol: target.proxy_protocol,
+        terminate: target.terminate,
         line: source.line_column(spanned.span().start).0,
     })
 }

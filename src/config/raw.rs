@@ -71,8 +71,8 @@ pub(super) struct RawRoute {
     pub backends: Option<Spanned<Value>>,
     pub balance: Option<Spanned<Value>>,
     pub proxy_protocol: Option<Spanned<String>>,
-    pub terminate: Option<Spanned<Value>>,
-    pub backend_tls: Option<Spanned<Value>>,
+    pub terminate: Option<Spanned<RawTerminate>>,
+    pub backend_tls: Option<Spanned<RawBackendTls>>,
 }
 
 /// `[default]`: a route's target keys without `sni`, `name` or `alpn`.
@@ -83,6 +83,25 @@ pub(super) struct RawDefault {
     pub backends: Option<Spanned<Value>>,
     pub balance: Option<Spanned<Value>>,
     pub proxy_protocol: Option<Spanned<String>>,
-    pub terminate: Option<Spanned<Value>>,
-    pub backend_tls: Option<Spanned<Value>>,
+    pub terminate: Option<Spanned<RawTerminate>>,
+    pub backend_tls: Option<Spanned<RawBackendTls>>,
+}
+
+/// `terminate = { cert, key, alpn, client_ca }`: sniroute completes the handshake itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTerminate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// `backend_tls = { ca, server_name, alpn_to_backend }`: a terminate route re-encrypts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    pub ca: Spanned<String>,
+    pub server_name: Option<Spanned<String>>,
+    pub alpn_to_backend: Option<bool>,
 }

@@ -24,7 +24,7 @@ fn a_minimal_config_gets_the_defaults() {
     assert_eq!(config.limits, Limits::default());
     assert_eq!(config.routes[0].name, "a.example.com");
     assert_eq!(config.routes[0].line, 3);
-    assert_eq!(config.default, None);
+    assert!(config.default.is_none());
 }
 
 #[test]
@@ -79,10 +79,6 @@ fn keys_of_later_releases_are_refused_by_name() {
     let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n");
     let cases = [
         (
-            format!("{route}terminate = {{ cert = \"x\" }}\n"),
-            "routes.toml:6:13: route[0].terminate: not supported yet",
-        ),
-        (
             format!("{route}backends = [\"127.0.0.1:2\"]\n"),
             "routes.toml:6:12: route[0].backends: not supported yet",
         ),
@@ -91,16 +87,68 @@ fn keys_of_later_releases_are_refused_by_name() {
             "routes.toml:6:11: route[0].balance: not supported yet",
         ),
         (
-            format!("{route}backend_tls = {{ ca = \"x\" }}\n"),
-            "routes.toml:6:15: route[0].backend_tls: not supported yet",
-        ),
-        (
             format!("{LISTEN}protocol = \"quic\"\n"),
             "routes.toml:3:12: listen[0].protocol: quic is not supported yet",
         ),
     ];
     for (text, expected) in cases {
         assert_eq!(error_line(&text), expected, "{text}");
+    }
+}
+
+/// A terminate route's files are found next to routes.toml when relative; faults in its keys
+/// and files are located like any other, and the PEM file is named.
+#[test]
+fn terminate_tables_are_checked_and_their_files_read_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::demo::Pki::new().unwrap();
+    let (cert, key) = pki.issue_pem(&["admin.test".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("admin.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("admin.key"), key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    let file = dir.path().join("routes.toml");
+    let route = format!("{LISTEN}[[route]]\nsni = \"admin.test\"\nbackend = \"127.0.0.1:1\"\n");
+    let terminate = "terminate = { cert = \"admin.pem\", key = \"admin.key\", alpn = [\"h2\"] }\n";
+    let config = Config::parse(&file, &format!("{route}{terminate}")).unwrap();
+    let tls = config.routes[0].terminate.as_ref().unwrap();
+    assert_eq!(tls.files.cert, dir.path().join("admin.pem"));
+    assert_eq!(tls.server.alpn_protocols, vec![b"h2".to_vec()]);
+    assert!(tls.backend_tls.is_none());
+
+    let at = |text: String| {
+        Config::parse(&file, &text)
+            .unwrap_err()
+            .to_string()
+            .replace(&format!("{}/", dir.path().display()), "")
+    };
+    let cases = [
+        (
+            format!("{route}terminate = {{ cert = \"admin.pem\" }}\n"),
+            "routes.toml:6:13: route[0].terminate: missing key `key`",
+        ),
+        (
+            format!("{route}terminate = {{ cert = \"admin.pem\", key = \"admin.key\", pem = 1 }}\n"),
+            "routes.toml:6:54: route[0].terminate.pem: unknown key `pem`, expected one of `cert`, `key`, `alpn`, `client_ca`",
+        ),
+        (
+            format!("{route}terminate = {{ cert = \"admin.key\", key = \"admin.key\" }}\n"),
+            "routes.toml:6:22: route[0].terminate.cert: admin.key: expected a PEM certificate, found none",
+        ),
+        (
+            format!("{route}terminate = {{ cert = \"admin.pem\", key = \"admin.key\", client_ca = \"absent.pem\" }}\n"),
+            "routes.toml:6:66: route[0].terminate.client_ca: absent.pem: cannot read: No such file or directory (os error 2)",
+        ),
+        (
+            format!("{route}backend_tls = {{ ca = \"ca.pem\" }}\n"),
+            "routes.toml:6:15: route[0].backend_tls: needs `terminate` (passthrough traffic stays the client's TLS end to end)",
+        ),
+        (
+            format!("{route}{terminate}backend_tls = {{ ca = \"admin.key\" }}\n"),
+            "routes.toml:7:22: route[0].backend_tls.ca: admin.key: expected a PEM certificate, found none",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(at(text.clone()), expected, "{text}");
     }
 }
 

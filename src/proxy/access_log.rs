@@ -20,6 +20,8 @@ pub(super) struct AccessLog<'a> {
     pub(super) client: SocketAddr,
     pub(super) server_name: Option<ServerName>,
     pub(super) alpn: Alpn,
+    /// Terminate routes: the protocol negotiated with the client.
+    pub(super) negotiated: Option<&'a [u8]>,
     pub(super) ja4: Option<Ja4>,
     pub(super) route: Option<&'a Route>,
     /// The series the connection's end is counted in: its route's, or `route="none"`.
@@ -38,6 +40,7 @@ impl<'a> AccessLog<'a> {
             client,
             server_name: None,
             alpn: Alpn::default(),
+            negotiated: None,
             ja4: None,
             route: None,
             metrics: unmatched,
@@ -69,6 +72,9 @@ impl Drop for AccessLog<'_> {
         } else {
             self.alpn.to_string()
         };
+        let negotiated = self
+            .negotiated
+            .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
         let route = self.route.map_or(NO_ROUTE_NAME, |route| &route.name);
         let backend = self
             .backend
@@ -79,6 +85,7 @@ impl Drop for AccessLog<'_> {
             sni = sni,
             client.addr = %self.client,
             alpn = alpn,
+            alpn.negotiated = %negotiated,
             route = route,
             backend.addr = backend,
             bytes.to_backend = self.to_backend,

@@ -12,7 +12,7 @@ use tls_parser::TlsAlertDescription;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How long a closing connection may take to send its alert and drain the client.
-const LINGER: Duration = Duration::from_secs(1);
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 /// How many of the client's bytes a lingering close reads at most.
 const LINGER_BYTES: usize = 64 * 1024;
 

@@ -10,16 +10,17 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tls_parser::TlsAlertDescription;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
 
 use super::access_log::AccessLog;
+use super::handshake::{self, ClientTls};
 use super::listener::{ListenerContext, PendingHellos, Shutdown};
 use super::splice::{splice, Activity, Counted};
 use super::{alert, Live, Outcome, Side};
-use crate::config::Backend;
+use crate::config::{Backend, Route, Terminate};
 use crate::hello::{ClientHello, HelloError, Peeker, Progress};
 use crate::proxy_protocol::{self, Addresses, Tlvs};
 
@@ -131,68 +132,198 @@ impl<'a> Conn<'_, 'a> {
         };
         log.route = Some(route);
         log.metrics = decision.metrics;
-        let route_metrics = decision.metrics.handles();
-
-        let connecting = Instant::now();
-        let mut backend = match timeout(live.timeouts.connect, connect(&route.backend)).await {
-            Ok(Ok(backend)) => {
-                route_metrics
-                    .connect_duration
-                    .record(connecting.elapsed().as_secs_f64());
-                backend
-            }
-            failed => {
-                route_metrics.connect_failures.increment(1);
-                alert::close(client, Some(TlsAlertDescription::InternalError)).await;
-                let outcome = if failed.is_err() {
-                    Outcome::ConnectTimeout
-                } else {
-                    Outcome::BackendUnreachable
-                };
-                return (outcome, Side::Backend);
-            }
-        };
-        let _ = backend.set_nodelay(true);
-        log.backend = backend.peer_addr().ok();
-        if let Some(version) = route.proxy_protocol {
-            let tlvs = Tlvs {
-                authority: log.server_name.as_ref().map(|name| name.as_str()),
-                alpn: log.alpn.first(),
-            };
-            let mut header = Vec::with_capacity(128);
-            proxy_protocol::encode(version, addresses, tlvs, &mut header);
-            if !matches!(
-                timeout(live.timeouts.idle, backend.write_all(&header)).await,
-                Ok(Ok(()))
-            ) {
-                return (Outcome::Reset, Side::Backend);
+        match &route.terminate {
+            None => self.passthrough(route, addresses, buffer, log).await,
+            Some(terminate) => {
+                self.terminate(route, terminate, addresses, buffer, log)
+                    .await
             }
         }
-
-        let activity = Activity::new();
-        let mut client = Counted::new(client, Side::Client, &activity);
-        let mut backend = Counted::new(backend, Side::Backend, &activity);
-        // Everything read so far, the hello and anything after it, goes first and unchanged.
-        let replay = timeout(live.timeouts.idle, backend.write_all(&buffer)).await;
-        drop(buffer);
-        let outcome = match replay {
-            Ok(Ok(())) => {
-                splice(
-                    &mut client,
-                    &mut backend,
-                    &activity,
-                    live.timeouts.idle,
-                    &self.shutdown.splices,
-                )
-                .await
-            }
-            Ok(Err(_)) => (Outcome::Reset, Side::Backend),
-            Err(_) => (Outcome::IdleTimeout, Side::Internal),
-        };
-        log.to_backend = backend.written;
-        log.to_client = client.written;
-        outcome
     }
+
+    /// Connects to the route's backend and replays everything read so far, the hello first.
+    async fn passthrough(
+        &mut self,
+        route: &'a Route,
+        addresses: Addresses,
+        buffer: BytesMut,
+        log: &mut AccessLog<'a>,
+    ) -> (Outcome, Side) {
+        let tlvs = Tlvs {
+            authority: log.server_name.as_ref().map(|name| name.as_str()),
+            alpn: log.alpn.first(),
+            ssl: None,
+        };
+        let header = proxy_header(route, addresses, tlvs);
+        let backend = match connect(self.live, route, header.as_deref(), log).await {
+            Ok(backend) => backend,
+            Err(ended) => {
+                alert::close(self.client, Some(TlsAlertDescription::InternalError)).await;
+                return ended;
+            }
+        };
+        relay(
+            &mut *self.client,
+            backend,
+            buffer,
+            self.live,
+            self.shutdown,
+            log,
+        )
+        .await
+    }
+
+    /// Completes the client's handshake over the bytes already read, then connects to the
+    /// route's backend (re-encrypting with `backend_tls`) and copies plaintext both ways.
+    async fn terminate(
+        &mut self,
+        route: &'a Route,
+        terminate: &'a Terminate,
+        addresses: Addresses,
+        buffer: BytesMut,
+        log: &mut AccessLog<'a>,
+    ) -> (Outcome, Side) {
+        let live = self.live;
+        let handshake = handshake::accept(&mut *self.client, &buffer, terminate.server.clone());
+        let accepted = tokio::select! {
+            accepted = timeout(live.timeouts.client_hello, handshake) => accepted,
+            () = self.shutdown.hellos.cancelled() => return (Outcome::Drained, Side::Internal),
+        };
+        drop(buffer);
+        let mut client = match accepted {
+            Ok(Ok(client)) => client,
+            Ok(Err(())) => return (Outcome::TlsError, Side::Client),
+            Err(_elapsed) => return (Outcome::HelloTimeout, Side::Client),
+        };
+        // The negotiated protocol, borrowed from the route's list (it is one of them).
+        let negotiated = client.get_ref().1.alpn_protocol();
+        log.negotiated = negotiated.and_then(|negotiated| {
+            terminate
+                .files
+                .alpn
+                .iter()
+                .find(|protocol| &protocol[..] == negotiated)
+                .map(|protocol| &protocol[..])
+        });
+        let client_tls = ClientTls::of(&client);
+        let tlvs = Tlvs {
+            authority: log.server_name.as_ref().map(|name| name.as_str()),
+            alpn: log.negotiated,
+            ssl: Some(client_tls.ssl()),
+        };
+        let header = proxy_header(route, addresses, tlvs);
+        let backend = match connect(live, route, header.as_deref(), log).await {
+            Ok(backend) => backend,
+            Err(ended) => {
+                // The handshake is done: a close_notify is the alert left to send.
+                let _ = timeout(alert::LINGER, client.shutdown()).await;
+                return ended;
+            }
+        };
+        let Some(backend_tls) = &terminate.backend_tls else {
+            return relay(client, backend, BytesMut::new(), live, self.shutdown, log).await;
+        };
+        let upstream = timeout(
+            live.timeouts.connect,
+            handshake::connect(backend_tls, backend, log.negotiated),
+        )
+        .await;
+        match upstream {
+            Ok(Ok(backend)) => {
+                relay(client, backend, BytesMut::new(), live, self.shutdown, log).await
+            }
+            _ => {
+                let _ = timeout(alert::LINGER, client.shutdown()).await;
+                (Outcome::TlsError, Side::Backend)
+            }
+        }
+    }
+}
+
+/// The PROXY protocol header `route` sends its backend first, if it sends one.
+fn proxy_header(route: &Route, addresses: Addresses, tlvs: Tlvs<'_>) -> Option<Vec<u8>> {
+    let version = route.proxy_protocol?;
+    let mut header = Vec::with_capacity(128);
+    proxy_protocol::encode(version, addresses, tlvs, &mut header);
+    Some(header)
+}
+
+/// Connects to `route`'s backend within `timeouts.connect` and sends it `header`; counts the
+/// connect's time or failure.
+async fn connect(
+    live: &Live,
+    route: &Route,
+    header: Option<&[u8]>,
+    log: &mut AccessLog<'_>,
+) -> Result<TcpStream, (Outcome, Side)> {
+    let route_metrics = log.metrics.handles();
+    let connecting = Instant::now();
+    let mut backend = match timeout(live.timeouts.connect, dial(&route.backend)).await {
+        Ok(Ok(backend)) => {
+            route_metrics
+                .connect_duration
+                .record(connecting.elapsed().as_secs_f64());
+            backend
+        }
+        failed => {
+            route_metrics.connect_failures.increment(1);
+            let outcome = if failed.is_err() {
+                Outcome::ConnectTimeout
+            } else {
+                Outcome::BackendUnreachable
+            };
+            return Err((outcome, Side::Backend));
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    log.backend = backend.peer_addr().ok();
+    if let Some(header) = header {
+        if !matches!(
+            timeout(live.timeouts.idle, backend.write_all(header)).await,
+            Ok(Ok(()))
+        ) {
+            return Err((Outcome::Reset, Side::Backend));
+        }
+    }
+    Ok(backend)
+}
+
+/// Writes `replay` (everything read from the client so far, for passthrough) to the backend,
+/// drops it, then copies both ways until the connection ends; byte counts go to the log.
+async fn relay<C, B>(
+    client: C,
+    backend: B,
+    replay: BytesMut,
+    live: &Live,
+    shutdown: &Shutdown,
+    log: &mut AccessLog<'_>,
+) -> (Outcome, Side)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut client = Counted::new(client, Side::Client, &activity);
+    let mut backend = Counted::new(backend, Side::Backend, &activity);
+    let replayed = timeout(live.timeouts.idle, backend.write_all(&replay)).await;
+    drop(replay);
+    let outcome = match replayed {
+        Ok(Ok(())) => {
+            splice(
+                &mut client,
+                &mut backend,
+                &activity,
+                live.timeouts.idle,
+                &shutdown.splices,
+            )
+            .await
+        }
+        Ok(Err(_)) => (Outcome::Reset, Side::Backend),
+        Err(_) => (Outcome::IdleTimeout, Side::Internal),
+    };
+    log.to_backend = backend.written;
+    log.to_client = client.written;
+    outcome
 }
 
 /// Reads a PROXY protocol header into `buffer` and takes it off the front, leaving whatever
@@ -251,7 +382,7 @@ async fn read_hello(
     }
 }
 
-async fn connect(backend: &Backend) -> std::io::Result<TcpStream> {
+async fn dial(backend: &Backend) -> std::io::Result<TcpStream> {
     match backend {
         Backend::Addr(addr) => TcpStream::connect(addr).await,
         Backend::Host(host, port) => TcpStream::connect((host.as_str(), *port)).await,

@@ -8,6 +8,7 @@
 mod access_log;
 mod alert;
 mod conn;
+mod handshake;
 mod listener;
 mod splice;
 

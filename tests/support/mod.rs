@@ -339,10 +339,11 @@ pub fn alert(description: u8) -> Vec<u8> {
 /// The sniroute binary this test run built.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sniroute");
 
-/// The real binary running with a config, its stderr read line by line.
+/// The real binary running with a config, its stderr read line by line. A task drains stderr
+/// as it comes, so a test that stops reading never blocks the binary's logging.
 pub struct Binary {
     child: tokio::process::Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Binary {
@@ -356,17 +357,22 @@ impl Binary {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (sender, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
         Self { child, lines }
     }
 
     /// The next stderr line containing `needle`.
     pub async fn wait_for_line(&mut self, needle: &str) -> String {
         loop {
-            let line = guard(self.lines.next_line())
-                .await
-                .unwrap()
-                .expect("stderr ended");
+            let line = guard(self.lines.recv()).await.expect("stderr ended");
             if line.contains(needle) {
                 return line;
             }
@@ -400,4 +406,66 @@ impl Binary {
         self.signal("TERM");
         self.wait().await
     }
+}
+
+/// Writes a certificate for `names` from `pki` and its key into `dir` as `{stem}.pem` and
+/// `{stem}.key`; returns the two paths, for a `terminate` table.
+pub fn write_certificate(
+    pki: &Pki,
+    dir: &std::path::Path,
+    stem: &str,
+    names: &[&str],
+) -> (String, String) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let (certificate, key) = pki.issue_pem(&names).unwrap();
+    let (cert_file, key_file) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&cert_file, certificate).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    )
+}
+
+/// Writes `pki`'s CA certificate into `dir` as `{stem}.pem`; returns its path.
+pub fn write_ca(pki: &Pki, dir: &std::path::Path, stem: &str) -> String {
+    let path = dir.join(format!("{stem}.pem"));
+    std::fs::write(&path, pki.ca_pem()).unwrap();
+    path.display().to_string()
+}
+
+/// A plaintext HTTP/1.1 backend: reads one request head and answers `NAME: REQUEST-LINE`, then
+/// closes. What a terminate route's backend sees.
+pub async fn http_backend(name: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).await.is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).await.is_ok_and(|read| read > 2) {
+                    line.clear();
+                }
+                let body = format!("{name}: {}\n", request_line.trim_end());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    address
 }

@@ -1,0 +1,119 @@
+//! Terminate routes: the TLS handshake with the client, started from the ClientHello bytes the
+//! peeker already read, and (with `backend_tls`) the handshake with the backend.
+//!
+//! The hello is in the connection's buffer, not in the socket, so it is fed to a
+//! `rustls::server::Acceptor` by hand and the accepted hello handed to tokio-rustls with the
+//! socket (`StartHandshake::from_parts`); tokio-rustls' `LazyConfigAcceptor` would read the socket
+//! first and wait for a hello that has already arrived. Every byte read so far goes to the
+//! acceptor, so whatever the client sent after its hello is kept for the session too.
+
+use std::sync::Arc;
+
+use rustls::server::Acceptor;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::{StartHandshake, TlsStream};
+use tokio_rustls::{client, TlsConnector};
+
+use crate::proxy_protocol::Ssl;
+use crate::terminate::BackendTls;
+
+/// Completes the handshake with `client` whose first bytes, its whole ClientHello included, are
+/// `received`. On failure the client has been sent the alert rustls chose, where there is one.
+pub(super) async fn accept<S>(
+    mut client: S,
+    received: &[u8],
+    config: Arc<ServerConfig>,
+) -> Result<TlsStream<S>, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut acceptor = Acceptor::default();
+    let mut unread = received;
+    while !unread.is_empty() {
+        // `&[u8]` reads from its front: each call takes what the acceptor has room for.
+        match acceptor.read_tls(&mut unread) {
+            Ok(read) if read > 0 => {}
+            _ => return Err(()),
+        }
+    }
+    let accepted = match acceptor.accept() {
+        Ok(Some(accepted)) => accepted,
+        // The peeker found a whole hello in these bytes; rustls not finding one is a hello
+        // rustls refuses.
+        Ok(None) => return Err(()),
+        Err((_error, mut alert)) => {
+            let mut bytes = Vec::new();
+            if alert.write_all(&mut bytes).is_ok() {
+                let _ = client.write_all(&bytes).await;
+            }
+            return Err(());
+        }
+    };
+    // tokio-rustls sends the alert of a failed handshake itself.
+    StartHandshake::from_parts(accepted, client)
+        .into_stream(config)
+        .await
+        .map_err(|_| ())
+}
+
+/// The TLS parameters of a finished handshake with a client, for the PROXY header's SSL TLV.
+#[derive(Debug, Default)]
+pub(super) struct ClientTls {
+    version: &'static str,
+    cipher: &'static str,
+    /// The verified client certificate's subject CN (`Some("")` when it has none).
+    client_cn: Option<String>,
+}
+
+impl ClientTls {
+    pub(super) fn of<S>(stream: &TlsStream<S>) -> Self {
+        let connection = stream.get_ref().1;
+        let version = match connection.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "",
+        };
+        let cipher = connection
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str())
+            .unwrap_or("");
+        let client_cn = connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| common_name(leaf).unwrap_or_default());
+        Self {
+            version,
+            cipher,
+            client_cn,
+        }
+    }
+
+    pub(super) fn ssl(&self) -> Ssl<'_> {
+        Ssl {
+            version: self.version,
+            cipher: self.cipher,
+            client_cn: self.client_cn.as_deref(),
+        }
+    }
+}
+
+/// The first common name in a certificate's subject.
+fn common_name(certificate: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    let name = parsed.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
+}
+
+/// Re-encrypts to the backend: a TLS handshake over `backend`, verifying its certificate,
+/// offering `alpn` where the route forwards the client's protocol.
+pub(super) async fn connect(
+    tls: &BackendTls,
+    backend: TcpStream,
+    alpn: Option<&[u8]>,
+) -> std::io::Result<client::TlsStream<TcpStream>> {
+    TlsConnector::from(tls.client_config(alpn))
+        .connect(tls.server_name.clone(), backend)
+        .await
+}
