@@ -194,6 +194,7 @@ pub fn route(data: &[u8]) {
             address: ([127, 0, 0, 1], 0).into(),
             position: (1, 1),
             proxy_trusted: Vec::new(),
+            reuse_port: false,
         }],
         timeouts: Timeouts::default(),
         limits: Limits::default(),

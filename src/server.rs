@@ -379,7 +379,7 @@ async fn bind(
     listen: &Listen,
     key: &str,
 ) -> Result<(TcpListener, SocketAddr), ConfigError> {
-    let bound = TcpListener::bind(listen.address).await.and_then(|socket| {
+    let bound = listener_socket(listen).and_then(|socket| {
         let address = socket.local_addr()?;
         Ok((socket, address))
     });
@@ -389,6 +389,25 @@ async fn bind(
         key: key.to_owned(),
         message: format!("cannot bind {}: {error}", listen.address),
     })
+}
+
+/// Connections the kernel queues for `accept` on each listener.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket for `listen`: `SO_REUSEADDR` always (a restart can bind while old
+/// connections linger in TIME_WAIT), `SO_REUSEPORT` where asked.
+fn listener_socket(listen: &Listen) -> std::io::Result<TcpListener> {
+    let socket = if listen.address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if listen.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(listen.address)?;
+    socket.listen(BACKLOG)
 }
 
 /// Tells systemd the proxy is ready (`READY=1` to `$NOTIFY_SOCKET`), if it asked.

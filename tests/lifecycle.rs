@@ -61,3 +61,48 @@ async fn connections_still_open_when_the_drain_time_is_up_are_closed() {
     assert_eq!(read_until_closed(&mut lingering).await, b"");
     proxy.stopped().await;
 }
+
+/// `reuse_port = true`: a second process (here a second server) binds the same address and both
+/// serve; a listener without it can't share the address and says so.
+#[tokio::test]
+async fn listeners_with_reuse_port_share_an_address_and_others_are_refused() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let config = |address: &str, reuse_port: bool| {
+        sniroute::config::Config::parse(
+            &path,
+            &format!(
+                "[[listen]]\naddress = \"{address}\"\nreuse_port = {reuse_port}\n\
+                 [[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    let first = sniroute::server::Server::bind(&path, &config("127.0.0.1:0", true))
+        .await
+        .unwrap();
+    let address = first.local_addrs()[0].to_string();
+    let second = sniroute::server::Server::bind(&path, &config(&address, true))
+        .await
+        .unwrap();
+    assert_eq!(second.local_addrs()[0].to_string(), address);
+    let error = sniroute::server::Server::bind(&path, &config(&address, false))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.ends_with(&format!(
+            "routes.toml:2:11: listen[0].address: cannot bind {address}: Address already in use (os error 98)"
+        )),
+        "{error}"
+    );
+    let (_stop_first, signals) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(first.run(signals));
+    let (_stop_second, signals) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(second.run(signals));
+    for _ in 0..4 {
+        drop(spliced(address.parse().unwrap()).await);
+    }
+}

@@ -59,6 +59,9 @@ pub struct Listen {
     /// Sources whose connections start with a PROXY protocol header (required from them, refused
     /// from anyone else); empty: no header is accepted.
     pub proxy_trusted: Vec<Cidr>,
+    /// `SO_REUSEPORT`: several sniroute processes may listen on this address and the kernel
+    /// spreads connections across them. Default false.
+    pub reuse_port: bool,
 }
 
 /// `[timeouts]`.
@@ -241,6 +244,7 @@ impl Config {
             let address = &listen_table.address;
             let mut listen = socket_address(source, address, &format!("{key}.address"))?;
             let addr = listen.address;
+            listen.reuse_port = listen_table.reuse_port.unwrap_or(false);
             if let Some(proxy) = &listen_table.proxy_protocol {
                 for (position, range) in proxy.trusted.iter().enumerate() {
                     let cidr = Cidr::parse(range.get_ref()).map_err(|message| {
@@ -316,6 +320,7 @@ fn socket_address(
         address,
         position: source.line_column(value.span().start),
         proxy_trusted: Vec::new(),
+        reuse_port: false,
     })
 }
 

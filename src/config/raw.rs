@@ -35,6 +35,7 @@ pub(super) struct RawListen {
     pub address: Spanned<String>,
     pub protocol: Option<Spanned<String>>,
     pub proxy_protocol: Option<RawListenProxy>,
+    pub reuse_port: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

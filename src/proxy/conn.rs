@@ -6,6 +6,8 @@
 //! none touches another connection.
 
 use std::net::SocketAddr;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -18,7 +20,9 @@ use tokio::time::{timeout, Instant};
 use super::access_log::AccessLog;
 use super::handshake::{self, ClientTls};
 use super::listener::{ListenerContext, PendingHellos, Shutdown};
-use super::splice::{splice, Activity, Counted};
+use super::splice::{splice, supervise, Activity, Counted};
+#[cfg(target_os = "linux")]
+use super::zero_copy;
 use super::{alert, Live, Outcome, Side};
 use crate::config::{Backend, Route, Terminate};
 use crate::hello::{ClientHello, HelloError, Peeker, Progress};
@@ -134,9 +138,10 @@ impl<'a> Conn<'_, 'a> {
         log.metrics = decision.metrics;
         match &route.terminate {
             None => self.passthrough(route, addresses, buffer, log).await,
+            // Boxed: the handshake's state is large, and passthrough connections, which never
+            // need it, should not carry its room in their task.
             Some(terminate) => {
-                self.terminate(route, terminate, addresses, buffer, log)
-                    .await
+                Box::pin(self.terminate(route, terminate, addresses, buffer, log)).await
             }
         }
     }
@@ -162,7 +167,10 @@ impl<'a> Conn<'_, 'a> {
                 return ended;
             }
         };
-        relay(
+        #[cfg(target_os = "linux")]
+        return relay_spliced(self.client, backend, buffer, self.live, self.shutdown, log).await;
+        #[cfg(not(target_os = "linux"))]
+        return relay(
             &mut *self.client,
             backend,
             buffer,
@@ -170,7 +178,7 @@ impl<'a> Conn<'_, 'a> {
             self.shutdown,
             log,
         )
-        .await
+        .await;
     }
 
     /// Completes the client's handshake over the bytes already read, then connects to the
@@ -286,6 +294,34 @@ async fn connect(
         }
     }
     Ok(backend)
+}
+
+/// Passthrough on Linux: writes `replay` to the backend and drops it, then copies both ways
+/// with splice(2) through pooled pipes, so an idle connection holds no buffer.
+#[cfg(target_os = "linux")]
+async fn relay_spliced(
+    client: &TcpStream,
+    mut backend: TcpStream,
+    replay: BytesMut,
+    live: &Live,
+    shutdown: &Shutdown,
+    log: &mut AccessLog<'_>,
+) -> (Outcome, Side) {
+    let replayed = timeout(live.timeouts.idle, backend.write_all(&replay)).await;
+    let replay_len = replay.len() as u64;
+    drop(replay);
+    match replayed {
+        Ok(Ok(())) => log.to_backend = replay_len,
+        Ok(Err(_)) => return (Outcome::Reset, Side::Backend),
+        Err(_) => return (Outcome::IdleTimeout, Side::Internal),
+    }
+    let activity = Activity::new();
+    let counts = zero_copy::Counts::default();
+    let copy = zero_copy::copy_both_ways(client, &backend, &activity, &counts);
+    let outcome = supervise(copy, &activity, live.timeouts.idle, &shutdown.splices).await;
+    log.to_backend += counts.to_backend.load(Ordering::Relaxed);
+    log.to_client = counts.to_client.load(Ordering::Relaxed);
+    outcome
 }
 
 /// Writes `replay` (everything read from the client so far, for passthrough) to the backend,

@@ -11,6 +11,8 @@ mod conn;
 mod handshake;
 mod listener;
 mod splice;
+#[cfg(target_os = "linux")]
+mod zero_copy;
 
 pub use listener::{Listener, ListenerContext, PendingHellos, Shutdown};
 

@@ -6,6 +6,7 @@
 //! connection: each read or write stamps the time, and the timer, when it fires, sleeps again
 //! until the last stamp plus the idle limit (no timeout per read).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -44,13 +45,25 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    /// Bytes moved just now.
+    pub(super) fn touch(&self) {
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last.store(nanos, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
         self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// `side`'s read ended (EOF or error); the first such side is who closed.
+    pub(super) fn closed(&self, side: Side) {
+        Self::record(&self.first_closed, side);
+    }
+
+    /// A read or write on `side` failed; the first such side is to blame.
+    pub(super) fn failed(&self, side: Side) {
+        Self::record(&self.first_failed, side);
+        Self::record(&self.first_closed, side);
     }
 
     fn record(slot: &AtomicU8, side: Side) {
@@ -96,8 +109,7 @@ impl<'a, S> Counted<'a, S> {
 
     fn note<T>(&self, result: &io::Result<T>) {
         if result.is_err() {
-            Activity::record(&self.activity.first_failed, self.side);
-            Activity::record(&self.activity.first_closed, self.side);
+            self.activity.failed(self.side);
         }
     }
 }
@@ -115,7 +127,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
             if buf.filled().len() > before {
                 self.activity.touch();
             } else {
-                Activity::record(&self.activity.first_closed, self.side);
+                self.activity.closed(self.side);
             }
         }
         Poll::Ready(result)
@@ -163,7 +175,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = tokio::io::copy_bidirectional_with_sizes(client, backend, COPY_BUFFER, COPY_BUFFER);
+    let copy = async {
+        tokio::io::copy_bidirectional_with_sizes(client, backend, COPY_BUFFER, COPY_BUFFER)
+            .await
+            .map(|_| ())
+    };
+    supervise(copy, activity, idle, cancel).await
+}
+
+/// Runs `copy` (both directions of one connection) under the idle timer and `cancel`; says how
+/// it ended and which side ended it.
+pub(super) async fn supervise(
+    copy: impl Future<Output = io::Result<()>>,
+    activity: &Activity,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> (Outcome, Side) {
     tokio::pin!(copy);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
@@ -171,7 +198,7 @@ where
         tokio::select! {
             result = &mut copy => {
                 return match result {
-                    Ok(_) => (Outcome::Ok, Activity::side(&activity.first_closed)),
+                    Ok(()) => (Outcome::Ok, Activity::side(&activity.first_closed)),
                     Err(_) => (Outcome::Reset, Activity::side(&activity.first_failed)),
                 };
             }

@@ -1,0 +1,369 @@
+//! Linux: copying both ways with splice(2), socket → pipe → socket, so bytes never enter user
+//! space, and no buffer is held by an idle connection.
+//!
+//! Pipes come from a per-thread pool only while a burst of data is in flight: a direction takes a
+//! pipe when its socket turns readable, moves what the socket has into it, drains the pipe into
+//! the other socket **completely**, and repeats until the source would block; then the empty pipe
+//! goes back to the pool. An idle connection therefore holds no pipe and no buffer, only its two
+//! sockets. A pipe left holding data by an error is closed, never pooled.
+//!
+//! The trap this order avoids: splice from a socket into a pipe says EAGAIN both when the socket
+//! is empty and when the pipe is full. The pipe is always empty when the socket is read, so
+//! EAGAIN there can only mean the socket is empty, and the task waits for it to be readable.
+//!
+//! Half-close as in `splice.rs`: EOF one way shuts down the other side's write half while the
+//! other direction keeps flowing.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use rustix::net::Shutdown;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::splice::Activity;
+use super::Side;
+
+/// Bytes one pipe holds: Linux's default, 16 pages.
+const PIPE_CAPACITY: usize = 64 * 1024;
+/// Empty pipes each runtime thread keeps for reuse; more are closed when returned.
+const POOLED_PER_THREAD: usize = 64;
+/// Pipes open at once in the process, in flight or pooled. Past it, a direction copies its burst
+/// through a small heap buffer instead, so a storm of busy connections can't exhaust descriptors.
+const MAX_PIPES: usize = 8192;
+
+/// Pipes open in the process (pooled or in use).
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// Pipes taken on this thread minus pipes returned or closed on it (exact on a
+    /// current-thread runtime; tests use it to see that idle connections hold none).
+    static IN_USE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// A pipe's two ends, both non-blocking.
+#[derive(Debug)]
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// An empty pipe from this thread's pool, or a new one; `None` at [`MAX_PIPES`] or when the
+    /// process is out of descriptors.
+    fn take() -> Option<Self> {
+        let pipe = Self::pooled_or_new()?;
+        IN_USE.with(|in_use| in_use.set(in_use.get() + 1));
+        Some(pipe)
+    }
+
+    fn pooled_or_new() -> Option<Self> {
+        if let Some(pipe) = POOL.with(|pool| pool.borrow_mut().pop()) {
+            return Some(pipe);
+        }
+        if PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        match rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+            Ok((read, write)) => Some(Self { read, write }),
+            Err(_) => {
+                PIPES.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Back to this thread's pool; only ever called with the pipe empty.
+    fn give_back(self) {
+        IN_USE.with(|in_use| in_use.set(in_use.get() - 1));
+        let kept = POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_PER_THREAD {
+                pool.push(self);
+                None
+            } else {
+                Some(self)
+            }
+        });
+        if let Some(pipe) = kept {
+            pipe.discard();
+        }
+    }
+
+    /// Closes a pipe taken with [`Pipe::take`], with whatever it holds.
+    fn close(self) {
+        IN_USE.with(|in_use| in_use.set(in_use.get() - 1));
+        self.discard();
+    }
+
+    fn discard(self) {
+        drop(self);
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Byte counts that survive the copy being dropped (idle timeout, drain).
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) to_backend: AtomicU64,
+    pub(super) to_client: AtomicU64,
+}
+
+/// Copies both ways between `client` and `backend` until both directions have ended; the first
+/// error ends both.
+pub(super) async fn copy_both_ways(
+    client: &TcpStream,
+    backend: &TcpStream,
+    activity: &Activity,
+    counts: &Counts,
+) -> io::Result<()> {
+    let to_backend = direction(client, backend, Side::Client, activity, &counts.to_backend);
+    let to_client = direction(backend, client, Side::Backend, activity, &counts.to_client);
+    tokio::try_join!(to_backend, to_client).map(|_| ())
+}
+
+/// One direction: from `source` (the `side` named) into `sink`, until EOF (then `sink`'s write
+/// half is shut down) or an error.
+async fn direction(
+    source: &TcpStream,
+    sink: &TcpStream,
+    side: Side,
+    activity: &Activity,
+    written: &AtomicU64,
+) -> io::Result<()> {
+    let other = match side {
+        Side::Client => Side::Backend,
+        _ => Side::Client,
+    };
+    let fail = |blame: Side, error: io::Error| {
+        activity.failed(blame);
+        error
+    };
+    loop {
+        source.readable().await.map_err(|error| fail(side, error))?;
+        let Some(pipe) = Pipe::take() else {
+            match copy_through_buffer(source, sink, (side, other), activity, written).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err((blame, error)) => return Err(fail(blame, error)),
+            }
+        };
+        // A burst: fill the empty pipe from the socket, drain it all into the sink, again, until
+        // the socket would block (or ends).
+        let ended = loop {
+            let filled = source.try_io(Interest::READABLE, || {
+                rustix::pipe::splice(
+                    source,
+                    None,
+                    &pipe.write,
+                    None,
+                    PIPE_CAPACITY,
+                    SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+                )
+                .map_err(io::Error::from)
+            });
+            let mut in_pipe = match filled {
+                Ok(0) => break true,
+                Ok(moved) => moved,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(error) => {
+                    pipe.give_back();
+                    return Err(fail(side, error));
+                }
+            };
+            activity.touch();
+            while in_pipe > 0 {
+                let drained = sink.try_io(Interest::WRITABLE, || {
+                    rustix::pipe::splice(
+                        &pipe.read,
+                        None,
+                        sink,
+                        None,
+                        in_pipe,
+                        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match drained {
+                    Ok(moved) => {
+                        in_pipe -= moved;
+                        written.fetch_add(moved as u64, Ordering::Relaxed);
+                        activity.touch();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(error) = sink.writable().await {
+                            pipe.close();
+                            return Err(fail(other, error));
+                        }
+                    }
+                    Err(error) => {
+                        // The pipe still holds bytes nobody will read: close it, don't pool it.
+                        pipe.close();
+                        return Err(fail(other, error));
+                    }
+                }
+            }
+        };
+        pipe.give_back();
+        if ended {
+            break;
+        }
+    }
+    activity.closed(side);
+    match rustix::net::shutdown(sink, Shutdown::Write) {
+        Ok(()) => Ok(()),
+        // The sink already went away; the other direction will see it.
+        Err(rustix::io::Errno::NOTCONN) => Ok(()),
+        Err(error) => Err(fail(other, error.into())),
+    }
+}
+
+/// At [`MAX_PIPES`]: one read into a short-lived buffer and a write of it. `Ok(false)` at EOF.
+async fn copy_through_buffer(
+    source: &TcpStream,
+    sink: &TcpStream,
+    (side, other): (Side, Side),
+    activity: &Activity,
+    written: &AtomicU64,
+) -> Result<bool, (Side, io::Error)> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let read = loop {
+        match source.try_read(&mut buffer) {
+            Ok(read) => break read,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                source.readable().await.map_err(|error| (side, error))?;
+            }
+            Err(error) => return Err((side, error)),
+        }
+    };
+    if read == 0 {
+        return Ok(false);
+    }
+    let mut sent = 0;
+    while sent < read {
+        match sink.try_write(&buffer[sent..read]) {
+            Ok(count) => sent += count,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                sink.writable().await.map_err(|error| (other, error))?;
+            }
+            Err(error) => return Err((other, error)),
+        }
+    }
+    written.fetch_add(read as u64, Ordering::Relaxed);
+    activity.touch();
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected loopback pair: (far end, near end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (far, near)
+    }
+
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+    }
+
+    /// Reads to EOF in 1000-byte bites, yielding between them.
+    async fn slow_read(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut bite = [0u8; 1000];
+        loop {
+            let read = stream.read(&mut bite).await.unwrap();
+            if read == 0 {
+                return received;
+            }
+            received.extend_from_slice(&bite[..read]);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn in_use() -> isize {
+        IN_USE.with(std::cell::Cell::get)
+    }
+
+    /// Both ways at once, several pipes' worth each, read back in small bites with yields: the
+    /// pipes fill and the sockets fill, so every EAGAIN case happens, and nothing stalls.
+    #[tokio::test]
+    async fn bursts_larger_than_a_pipe_with_slow_readers_arrive_intact_both_ways() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let copy = tokio::spawn(async move {
+            let activity = Activity::new();
+            let counts = Counts::default();
+            copy_both_ways(&client_near, &backend_near, &activity, &counts)
+                .await
+                .unwrap();
+            (
+                counts.to_backend.load(Ordering::Relaxed),
+                counts.to_client.load(Ordering::Relaxed),
+            )
+        });
+        let (up, down) = (pattern(1, 3 * 1024 * 1024), pattern(2, 2 * 1024 * 1024));
+        let (mut client_read, mut client_write) = client.split();
+        let (mut backend_read, mut backend_write) = backend.split();
+        let (_, _, received_up, received_down) = tokio::join!(
+            async {
+                client_write.write_all(&up).await.unwrap();
+                client_write.shutdown().await.unwrap();
+            },
+            async {
+                backend_write.write_all(&down).await.unwrap();
+                backend_write.shutdown().await.unwrap();
+            },
+            slow_read(&mut backend_read),
+            slow_read(&mut client_read),
+        );
+        assert!(received_up == up, "client to backend differs");
+        assert!(received_down == down, "backend to client differs");
+        assert_eq!(copy.await.unwrap(), (up.len() as u64, down.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_pipe_and_a_half_close_passes_through() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let before = in_use();
+        let copy = tokio::spawn(async move {
+            let activity = Activity::new();
+            let counts = Counts::default();
+            copy_both_ways(&client_near, &backend_near, &activity, &counts).await
+        });
+        client.write_all(b"request").await.unwrap();
+        let mut request = [0u8; 7];
+        backend.read_exact(&mut request).await.unwrap();
+        assert_eq!(&request, b"request");
+        // The copy task ran on this thread up to its next wait: the burst is over.
+        assert_eq!(in_use(), before, "an idle connection holds a pipe");
+
+        client.shutdown().await.unwrap();
+        assert_eq!(
+            backend.read(&mut request).await.unwrap(),
+            0,
+            "eof passed on"
+        );
+        backend.write_all(b"response").await.unwrap();
+        backend.shutdown().await.unwrap();
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).await.unwrap();
+        assert_eq!(response, b"response");
+        copy.await.unwrap().unwrap();
+        assert_eq!(in_use(), before);
+    }
+}
