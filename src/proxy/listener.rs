@@ -1,9 +1,10 @@
 //! Accepting connections: the connection cap, accept errors, and handing each connection to its
 //! own tracked task.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,30 +34,52 @@ pub struct Shutdown {
 
 /// Connections still sending their hello, per client address (`limits.max_pending_per_ip`).
 ///
-/// Locked twice per connection, when its hello phase starts (after any PROXY header, whose source
-/// is the address counted) and when it ends; never on the data path.
-/// Holds an entry only for addresses with a pending hello, so it is bounded by the connection cap.
-#[derive(Debug, Default)]
+/// Lock-free: a count-min sketch of two rows of atomic counters, each address hashed with this
+/// process's random key into one counter per row; an address's count is the smaller of its two.
+/// Touched twice per connection (when its hello phase starts, after any PROXY header whose
+/// source is the address counted, and when it ends), never on the data path. Fixed size
+/// whatever the traffic. Two addresses share the limit only if they collide in both rows
+/// (about one pair in a billion, and not one an attacker can aim for without the key).
+#[derive(Debug)]
 pub struct PendingHellos {
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    key: RandomState,
+    counters: Box<[AtomicU32]>,
+}
+
+/// Counters per row of the sketch.
+const SKETCH_ROW: usize = 1 << 15;
+
+impl Default for PendingHellos {
+    fn default() -> Self {
+        Self {
+            key: RandomState::new(),
+            counters: (0..2 * SKETCH_ROW).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
 }
 
 impl PendingHellos {
     /// A slot for one more pending hello from `address`, or `None` if it already has `limit`
     /// (0: no limit).
     pub(super) fn enter(self: &Arc<Self>, address: IpAddr, limit: usize) -> Option<PendingSlot> {
-        if limit > 0 {
-            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = counts.entry(address).or_default();
-            if *count >= limit {
-                return None;
-            }
-            *count += 1;
+        if limit == 0 {
+            return Some(PendingSlot {
+                hellos: None,
+                slots: [0, 0],
+            });
         }
-        Some(PendingSlot {
-            hellos: (limit > 0).then(|| self.clone()),
-            address,
-        })
+        let hash = self.key.hash_one(address);
+        let slots = [
+            (hash as usize) % SKETCH_ROW,
+            SKETCH_ROW + ((hash >> 32) as usize) % SKETCH_ROW,
+        ];
+        let before = slots.map(|slot| self.counters[slot].fetch_add(1, Ordering::Relaxed));
+        let slot = PendingSlot {
+            hellos: Some(self.clone()),
+            slots,
+        };
+        // Over the limit: the slot's drop takes the two increments back.
+        ((before[0].min(before[1]) as usize) < limit).then_some(slot)
     }
 }
 
@@ -64,18 +87,15 @@ impl PendingHellos {
 #[derive(Debug)]
 pub(super) struct PendingSlot {
     hellos: Option<Arc<PendingHellos>>,
-    address: IpAddr,
+    /// Its counter in each row of the sketch.
+    slots: [usize; 2],
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
         let Some(hellos) = &self.hellos else { return };
-        let mut counts = hellos.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.address);
-            }
+        for slot in self.slots {
+            hellos.counters[slot].fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -149,5 +169,33 @@ impl Listener {
                 permit,
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_hellos_are_limited_per_address_and_given_back() {
+        let pending = Arc::new(PendingHellos::default());
+        let (one, other): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        let first = pending.enter(one, 2).unwrap();
+        let _second = pending.enter(one, 2).unwrap();
+        assert!(pending.enter(one, 2).is_none(), "a third from one address");
+        assert!(
+            pending.enter(one, 2).is_none(),
+            "refusals give their count back"
+        );
+        let _elsewhere = pending.enter(other, 2).unwrap();
+        drop(first);
+        let _again = pending.enter(one, 2).unwrap();
+        assert!(pending.enter(one, 0).is_some(), "0: no limit");
+        drop((_second, _again, _elsewhere));
+        assert!(pending
+            .counters
+            .iter()
+            .all(|counter| counter.load(Ordering::Relaxed) == 0));
     }
 }
