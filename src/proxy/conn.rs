@@ -53,11 +53,36 @@ pub(super) async fn serve(
         pending: &pending,
         shutdown: &shutdown,
     };
-    log.outcome = conn.handle(peer, &mut log).await;
+    // Boxed: the setup's state (hello reads, connect, a whole terminated session) is freed when
+    // it ends, so an established passthrough connection's task holds only the relay's.
+    let next = Box::pin(conn.handle(peer, &mut log)).await;
+    log.outcome = match next {
+        Next::Done(outcome, side) => (outcome, side),
+        #[cfg(target_os = "linux")]
+        Next::Relay { backend, replay } => {
+            relay_spliced(&client, backend, replay, &live, &shutdown, &mut log).await
+        }
+        #[cfg(not(target_os = "linux"))]
+        Next::Relay { backend, replay } => {
+            relay(&mut client, backend, replay, &live, &shutdown, &mut log).await
+        }
+    };
     live.metrics.active.decrement(1.0);
     drop(log);
     drop(permit);
     drop(client);
+}
+
+/// Where the setup phase leaves a connection.
+enum Next {
+    /// It is over, ended this way.
+    Done(Outcome, Side),
+    /// Passthrough with the backend connected: `replay` (everything read from the client so
+    /// far, the hello first) goes to it, then bytes are copied both ways.
+    Relay {
+        backend: TcpStream,
+        replay: BytesMut,
+    },
 }
 
 /// One connection's borrowed surroundings.
@@ -70,7 +95,9 @@ struct Conn<'c, 'a> {
 }
 
 impl<'a> Conn<'_, 'a> {
-    async fn handle(&mut self, peer: SocketAddr, log: &mut AccessLog<'a>) -> (Outcome, Side) {
+    /// Everything before the long copy: PROXY header, hello, route, then the backend connect
+    /// (passthrough) or a whole terminated session.
+    async fn handle(&mut self, peer: SocketAddr, log: &mut AccessLog<'a>) -> Next {
         let live = self.live;
         let _ = self.client.set_nodelay(true);
         let limit = live.limits.max_client_hello;
@@ -88,14 +115,14 @@ impl<'a> Conn<'_, 'a> {
         {
             let read = tokio::select! {
                 read = timeout(live.timeouts.proxy_header, read_proxy_header(self.client, &mut buffer, limit)) => read,
-                () = self.shutdown.hellos.cancelled() => return (Outcome::Drained, Side::Internal),
+                () = self.shutdown.hellos.cancelled() => return Next::Done(Outcome::Drained, Side::Internal),
             };
             match read {
                 Ok(Some(header)) => {
                     addresses = header.unwrap_or(addresses);
                     log.client = addresses.source;
                 }
-                Ok(None) | Err(_) => return (Outcome::BadProxyHeader, Side::Client),
+                Ok(None) | Err(_) => return Next::Done(Outcome::BadProxyHeader, Side::Client),
             }
         }
         let Some(pending) = self
@@ -103,21 +130,21 @@ impl<'a> Conn<'_, 'a> {
             .enter(addresses.source.ip(), live.limits.max_pending_per_ip)
         else {
             self.listener.metrics.over_max_pending.increment(1);
-            return (Outcome::PendingLimit, Side::Internal);
+            return Next::Done(Outcome::PendingLimit, Side::Internal);
         };
         let read = tokio::select! {
             read = timeout(live.timeouts.client_hello, read_hello(self.client, &mut buffer, limit)) => read,
-            () = self.shutdown.hellos.cancelled() => return (Outcome::Drained, Side::Internal),
+            () = self.shutdown.hellos.cancelled() => return Next::Done(Outcome::Drained, Side::Internal),
         };
         // The hello phase is over, whatever its result: this address has one pending hello less.
         drop(pending);
         let client = &mut *self.client;
         let hello = match read {
-            Err(_elapsed) => return (Outcome::HelloTimeout, Side::Client),
-            Ok(Err(None)) => return (Outcome::ClientClosed, Side::Client),
+            Err(_elapsed) => return Next::Done(Outcome::HelloTimeout, Side::Client),
+            Ok(Err(None)) => return Next::Done(Outcome::ClientClosed, Side::Client),
             Ok(Err(Some(error))) => {
                 alert::close(client, error.alert()).await;
-                return (Outcome::from(&error), Side::Client);
+                return Next::Done(Outcome::from(&error), Side::Client);
             }
             Ok(Ok(hello)) => hello,
         };
@@ -132,53 +159,45 @@ impl<'a> Conn<'_, 'a> {
         let decision = live.table.lookup(log.server_name.as_ref(), &log.alpn);
         let Some(route) = decision.route else {
             alert::close(client, Some(TlsAlertDescription::UnrecognizedName)).await;
-            return (Outcome::NoRoute, Side::Client);
+            return Next::Done(Outcome::NoRoute, Side::Client);
         };
         log.route = Some(route);
         log.metrics = decision.metrics;
         match &route.terminate {
             None => self.passthrough(route, addresses, buffer, log).await,
-            // Boxed: the handshake's state is large, and passthrough connections, which never
-            // need it, should not carry its room in their task.
             Some(terminate) => {
-                Box::pin(self.terminate(route, terminate, addresses, buffer, log)).await
+                let (outcome, side) = self
+                    .terminate(route, terminate, addresses, buffer, log)
+                    .await;
+                Next::Done(outcome, side)
             }
         }
     }
 
-    /// Connects to the route's backend and replays everything read so far, the hello first.
+    /// Connects to the route's backend; what was read so far is replayed by the relay.
     async fn passthrough(
         &mut self,
         route: &'a Route,
         addresses: Addresses,
         buffer: BytesMut,
         log: &mut AccessLog<'a>,
-    ) -> (Outcome, Side) {
+    ) -> Next {
         let tlvs = Tlvs {
             authority: log.server_name.as_ref().map(|name| name.as_str()),
             alpn: log.alpn.first(),
             ssl: None,
         };
         let header = proxy_header(route, addresses, tlvs);
-        let backend = match connect(self.live, route, header.as_deref(), log).await {
-            Ok(backend) => backend,
-            Err(ended) => {
+        match connect(self.live, route, header.as_deref(), log).await {
+            Ok(backend) => Next::Relay {
+                backend,
+                replay: buffer,
+            },
+            Err((outcome, side)) => {
                 alert::close(self.client, Some(TlsAlertDescription::InternalError)).await;
-                return ended;
+                Next::Done(outcome, side)
             }
-        };
-        #[cfg(target_os = "linux")]
-        return relay_spliced(self.client, backend, buffer, self.live, self.shutdown, log).await;
-        #[cfg(not(target_os = "linux"))]
-        return relay(
-            &mut *self.client,
-            backend,
-            buffer,
-            self.live,
-            self.shutdown,
-            log,
-        )
-        .await;
+        }
     }
 
     /// Completes the client's handshake over the bytes already read, then connects to the
@@ -317,7 +336,9 @@ async fn relay_spliced(
     }
     let activity = Activity::new();
     let counts = zero_copy::Counts::default();
-    let copy = zero_copy::copy_both_ways(client, &backend, &activity, &counts);
+    let copy = std::pin::pin!(zero_copy::copy_both_ways(
+        client, &backend, &activity, &counts
+    ));
     let outcome = supervise(copy, &activity, live.timeouts.idle, &shutdown.splices).await;
     log.to_backend += counts.to_backend.load(Ordering::Relaxed);
     log.to_client = counts.to_client.load(Ordering::Relaxed);

@@ -175,28 +175,28 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = async {
+    let copy = std::pin::pin!(async {
         tokio::io::copy_bidirectional_with_sizes(client, backend, COPY_BUFFER, COPY_BUFFER)
             .await
             .map(|_| ())
-    };
+    });
     supervise(copy, activity, idle, cancel).await
 }
 
 /// Runs `copy` (both directions of one connection) under the idle timer and `cancel`; says how
-/// it ended and which side ended it.
+/// it ended and which side ended it. `copy` is pinned by the caller and borrowed, not moved in:
+/// a moved future would take room twice in the connection's task (argument and pinned local).
 pub(super) async fn supervise(
-    copy: impl Future<Output = io::Result<()>>,
+    mut copy: Pin<&mut impl Future<Output = io::Result<()>>>,
     activity: &Activity,
     idle: Duration,
     cancel: &CancellationToken,
 ) -> (Outcome, Side) {
-    tokio::pin!(copy);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     loop {
         tokio::select! {
-            result = &mut copy => {
+            result = copy.as_mut() => {
                 return match result {
                     Ok(()) => (Outcome::Ok, Activity::side(&activity.first_closed)),
                     Err(_) => (Outcome::Reset, Activity::side(&activity.first_failed)),
