@@ -179,3 +179,42 @@ async fn metrics_count_real_traffic_by_route_and_outcome() {
     assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
     assert_eq!(binary.terminate().await, Some(0));
 }
+
+/// Nobody reads the binary's stderr after its `listening` line: the pipe fills after a few
+/// hundred access-log lines, and connections must go on regardless (the log has its own
+/// writer thread and bounded buffer).
+#[tokio::test]
+async fn connections_go_on_when_nobody_reads_the_log() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    guard(tokio::io::AsyncBufReadExt::read_line(
+        &mut stderr,
+        &mut line,
+    ))
+    .await
+    .unwrap();
+    let proxy: std::net::SocketAddr = line.rsplit('=').next().unwrap().trim().parse().unwrap();
+    // About 300 bytes of log per connection: 1,000 of them are several pipes' worth.
+    let hello = ClientHelloBuilder::new().server_name("echo.test").record();
+    for _ in 0..1000 {
+        assert_eq!(send_raw(proxy, &hello).await, hello);
+    }
+    drop(stderr);
+}
