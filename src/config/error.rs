@@ -52,6 +52,14 @@ impl fmt::Display for ConfigError {
 pub(super) struct Source<'a> {
     pub file: &'a Path,
     pub text: &'a str,
+    /// Byte offset where each line after the first starts (see [`line_starts`]), so finding a
+    /// line is a binary search, not a count from the top: a 100,000-route file stays linear.
+    pub line_starts: &'a [usize],
+}
+
+/// The byte offsets just after each newline of `text`.
+pub(super) fn line_starts(text: &str) -> Vec<usize> {
+    text.match_indices('\n').map(|(at, _)| at + 1).collect()
 }
 
 impl Source<'_> {
@@ -83,9 +91,16 @@ impl Source<'_> {
     /// 1-based line and column (in characters) of byte `offset`.
     pub fn line_column(&self, offset: usize) -> (usize, usize) {
         let before = self.text.get(..offset).unwrap_or(self.text);
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
-        (line, before[line_start..].chars().count() + 1)
+        // Lines that start at or before `offset`, past the first.
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= before.len());
+        let line_start = if line == 0 {
+            0
+        } else {
+            self.line_starts[line - 1]
+        };
+        (line + 1, before[line_start..].chars().count() + 1)
     }
 
     /// A TOML syntax or type error, with the key path of the value it points at.

@@ -209,7 +209,12 @@ impl Config {
     /// # Errors
     /// As [`load`].
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let source = Source { file, text };
+        let line_starts = error::line_starts(text);
+        let source = Source {
+            file,
+            text,
+            line_starts: &line_starts,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|error| source.toml_error(&error))?;
         Self::from_raw(source, raw)
     }
