@@ -93,35 +93,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         None => {
             let config = config::load(&args.config)?;
-            let _flush_logs_at_exit = init_logging(args.log_format);
+            let _flush_logs_at_exit = init_logging(args.log_format)?;
             runtime(args.workers)?.block_on(serve(&args.config, &config))?;
         }
         Some(Command::Check) => check(&args.config)?,
         Some(Command::Explain { sni, alpn }) => explain(&args.config, sni.as_deref(), &alpn)?,
         Some(Command::Peek { file }) => peek(file.as_deref())?,
         Some(Command::Demo) => {
-            let _flush_logs_at_exit = init_logging(args.log_format);
+            let _flush_logs_at_exit = init_logging(args.log_format)?;
             runtime(args.workers)?.block_on(demo())?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Log lines waiting for the writer thread at most; past it new lines are dropped and counted
-/// (`sniroute_log_lines_dropped_total`) rather than stall connections on a slow stderr.
-const LOG_BUFFER_LINES: usize = 65_536;
-
-/// Logs go to stderr from a writer thread, so no connection waits on a pipe or a terminal. Keep
-/// the guard until exit: dropping it flushes what is buffered.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr from a writer thread ([`crate::log`]), so no connection waits on a pipe or
+/// a terminal. Keep the guard until exit: dropping it writes what is still buffered.
+fn init_logging(format: LogFormat) -> anyhow::Result<crate::log::FlushOnDrop> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNIROUTE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("sniroute-log")
-        .finish(std::io::stderr());
-    crate::metrics::count_dropped_log_lines(writer.error_counter());
+    let (writer, guard) = crate::log::start().context("start the log writer")?;
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
         .with_env_filter(filter);
@@ -134,7 +125,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             .with_span_list(false)
             .init(),
     }
-    guard
+    Ok(guard)
 }
 
 fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -11,7 +11,8 @@
 //! hello        Peeker::feed -> Progress; record reassembly; alerts    → name
 //! config       routes.toml: raw serde mirror → validated Config       → name, terminate
 //! outcome      Outcome, Side: how a connection ended                  → –
-//! metrics      series names, per-route handles, GET /metrics           → outcome
+//! log          the log's writer thread: batched, bounded, never blocks  → –
+//! metrics      series names, per-route handles, GET /metrics           → outcome, log
 //! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name, metrics
 //! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges            → –
 //! terminate    PEM loading, rustls configs per terminate route         → –
@@ -35,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod fuzzing;
 pub mod hello;
+pub mod log;
 pub mod metrics;
 pub mod name;
 pub mod outcome;

@@ -46,14 +46,6 @@ pub const CONFIG_RELOADS: &str = "sniroute_config_reloads_total";
 /// Log lines dropped because the writer thread's buffer was full (stderr too slow).
 pub const LOG_LINES_DROPPED: &str = "sniroute_log_lines_dropped_total";
 
-/// The log writer's count of dropped lines, published at each scrape.
-static LOG_DROPS: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
-
-/// Publishes `dropped` (the non-blocking log writer's count) as [`LOG_LINES_DROPPED`].
-pub fn count_dropped_log_lines(dropped: tracing_appender::non_blocking::ErrorCounter) {
-    let _ = LOG_DROPS.set(dropped);
-}
-
 /// The route label of connections that matched no route.
 pub const NO_ROUTE: &str = "none";
 
@@ -317,9 +309,7 @@ async fn scrape(mut stream: TcpStream, handle: PrometheusHandle) -> io::Result<(
     tokio::time::timeout(SCRAPE_PATIENCE, read_head).await??;
     let (status, content_type, body) =
         if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-            if let Some(dropped) = LOG_DROPS.get() {
-                metrics::counter!(LOG_LINES_DROPPED).absolute(dropped.dropped_lines() as u64);
-            }
+            metrics::counter!(LOG_LINES_DROPPED).absolute(crate::log::dropped_lines());
             handle.run_upkeep();
             (
                 "200 OK",

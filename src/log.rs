@@ -1,0 +1,186 @@
+//! Where log lines go: a writer thread that batches them to stderr, so a connection never waits
+//! on a slow stderr and never pays for waking another thread per line.
+//!
+//! Each event's formatted line is handed over a bounded channel without blocking (a full
+//! channel drops the line and counts it: [`dropped_lines`]). The writer thread, while lines keep
+//! coming, wakes every [`BATCH_PERIOD`] and writes everything waiting in one `write(2)`; once a
+//! poll finds nothing it blocks until the next line. Under load the producers therefore never
+//! find it asleep, and an idle process doesn't wake at all.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Lines waiting for the writer thread at most; past it new lines are dropped and counted.
+const BUFFERED_LINES: usize = 65_536;
+/// How long the writer thread lets lines gather while they keep coming.
+const BATCH_PERIOD: Duration = Duration::from_millis(5);
+/// Bytes written to stderr at once at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Lines dropped because the writer thread's buffer was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped so far because stderr could not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Starts the writer thread; returns the `MakeWriter` for the subscriber and a guard that, when
+/// dropped, writes what is still buffered and stops the thread.
+///
+/// # Errors
+/// The thread could not be started.
+pub fn start() -> io::Result<(Lines, FlushOnDrop)> {
+    let (sender, receiver) = mpsc::sync_channel(BUFFERED_LINES);
+    let thread = std::thread::Builder::new()
+        .name("sniroute-log".to_owned())
+        .spawn(move || write_batches(&receiver, &mut io::stderr()))?;
+    Ok((
+        Lines {
+            sender: sender.clone(),
+        },
+        FlushOnDrop {
+            sender: Some(sender),
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// The writer thread's loop: block for a line, then batch while lines keep coming. Ends when
+/// every sender is gone or at an empty line (the guard's "flush and stop"), having written
+/// everything that came before.
+fn write_batches(receiver: &Receiver<Vec<u8>>, out: &mut impl Write) {
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut next = receiver.recv();
+    while let Ok(line) = next {
+        let mut stop = line.is_empty();
+        batch.extend_from_slice(&line);
+        while !stop {
+            match receiver.try_recv() {
+                Ok(line) if line.is_empty() => stop = true,
+                Ok(line) => {
+                    batch.extend_from_slice(&line);
+                    if batch.len() >= BATCH_BYTES {
+                        let _ = out.write_all(&batch);
+                        batch.clear();
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => stop = true,
+            }
+        }
+        if !batch.is_empty() {
+            let _ = out.write_all(&batch);
+            batch.clear();
+        }
+        if stop {
+            return;
+        }
+        // Lines are coming: let the next ones gather for a moment rather than wake per line.
+        next = match receiver.recv_timeout(BATCH_PERIOD) {
+            Err(RecvTimeoutError::Timeout) => receiver.recv(),
+            Err(RecvTimeoutError::Disconnected) => return,
+            Ok(line) => Ok(line),
+        };
+    }
+}
+
+/// The subscriber's writer factory: one [`Line`] per event.
+#[derive(Debug, Clone)]
+pub struct Lines {
+    sender: SyncSender<Vec<u8>>,
+}
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = Line<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line {
+            sender: &self.sender,
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// One event's bytes, handed to the writer thread when dropped.
+#[derive(Debug)]
+pub struct Line<'a> {
+    sender: &'a SyncSender<Vec<u8>>,
+    buffer: Vec<u8>,
+}
+
+impl Write for Line<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if !self.buffer.is_empty()
+            && self
+                .sender
+                .try_send(std::mem::take(&mut self.buffer))
+                .is_err()
+        {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Stops the writer thread once everything logged before is written. Keep it until exit.
+#[derive(Debug)]
+pub struct FlushOnDrop {
+    sender: Option<SyncSender<Vec<u8>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        // An empty line is "flush and stop"; the channel is in order, so everything logged before
+        // it is written first.
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Vec::new());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_arrive_in_order_and_the_writer_stops_at_the_flush_mark() {
+        let (sender, receiver) = mpsc::sync_channel(256);
+        let writer = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            write_batches(&receiver, &mut out);
+            out
+        });
+        let lines = Lines { sender };
+        for number in 0..100 {
+            let mut line = lines.make_writer();
+            writeln!(line, "line {number}").unwrap();
+        }
+        lines.sender.send(Vec::new()).unwrap();
+        let mut late = lines.make_writer();
+        writeln!(late, "after the end").unwrap();
+        drop(late);
+        let out = String::from_utf8(writer.join().unwrap()).unwrap();
+        let expected: String = (0..100).map(|number| format!("line {number}\n")).collect();
+        assert_eq!(out, expected);
+    }
+}
