@@ -41,7 +41,7 @@ pub(super) async fn serve(
     live: Arc<Live>,
     listener: Arc<ListenerContext>,
     pending: Arc<PendingHellos>,
-    shutdown: Shutdown,
+    shutdown: Arc<Shutdown>,
     permit: OwnedSemaphorePermit,
 ) {
     live.metrics.active.increment(1.0);
@@ -102,10 +102,9 @@ impl<'a> Conn<'_, 'a> {
         let _ = self.client.set_nodelay(true);
         let limit = live.limits.max_client_hello;
         let mut buffer = BytesMut::with_capacity(INITIAL_HELLO_BUFFER.min(limit));
-        // Where the client came from and connected to: the socket's, or a trusted header's.
-        let mut addresses = Addresses {
+        let mut origin = Origin {
             source: peer,
-            destination: self.client.local_addr().unwrap_or(peer),
+            destination: None,
         };
         if self
             .listener
@@ -119,15 +118,20 @@ impl<'a> Conn<'_, 'a> {
             };
             match read {
                 Ok(Some(header)) => {
-                    addresses = header.unwrap_or(addresses);
-                    log.client = addresses.source;
+                    if let Some(addresses) = header {
+                        origin = Origin {
+                            source: addresses.source,
+                            destination: Some(addresses.destination),
+                        };
+                    }
+                    log.client = origin.source;
                 }
                 Ok(None) | Err(_) => return Next::Done(Outcome::BadProxyHeader, Side::Client),
             }
         }
         let Some(pending) = self
             .pending
-            .enter(addresses.source.ip(), live.limits.max_pending_per_ip)
+            .enter(origin.source.ip(), live.limits.max_pending_per_ip)
         else {
             self.listener.metrics.over_max_pending.increment(1);
             return Next::Done(Outcome::PendingLimit, Side::Internal);
@@ -164,11 +168,9 @@ impl<'a> Conn<'_, 'a> {
         log.route = Some(route);
         log.metrics = decision.metrics;
         match &route.terminate {
-            None => self.passthrough(route, addresses, buffer, log).await,
+            None => self.passthrough(route, origin, buffer, log).await,
             Some(terminate) => {
-                let (outcome, side) = self
-                    .terminate(route, terminate, addresses, buffer, log)
-                    .await;
+                let (outcome, side) = self.terminate(route, terminate, origin, buffer, log).await;
                 Next::Done(outcome, side)
             }
         }
@@ -178,7 +180,7 @@ impl<'a> Conn<'_, 'a> {
     async fn passthrough(
         &mut self,
         route: &'a Route,
-        addresses: Addresses,
+        origin: Origin,
         buffer: BytesMut,
         log: &mut AccessLog<'a>,
     ) -> Next {
@@ -187,7 +189,7 @@ impl<'a> Conn<'_, 'a> {
             alpn: log.alpn.first(),
             ssl: None,
         };
-        let header = proxy_header(route, addresses, tlvs);
+        let header = proxy_header(route, origin, self.client, tlvs);
         match connect(self.live, route, header.as_deref(), log).await {
             Ok(backend) => Next::Relay {
                 backend,
@@ -206,7 +208,7 @@ impl<'a> Conn<'_, 'a> {
         &mut self,
         route: &'a Route,
         terminate: &'a Terminate,
-        addresses: Addresses,
+        origin: Origin,
         buffer: BytesMut,
         log: &mut AccessLog<'a>,
     ) -> (Outcome, Side) {
@@ -238,7 +240,7 @@ impl<'a> Conn<'_, 'a> {
             alpn: log.negotiated,
             ssl: Some(client_tls.ssl()),
         };
-        let header = proxy_header(route, addresses, tlvs);
+        let header = proxy_header(route, origin, client.get_ref().0, tlvs);
         let backend = match connect(live, route, header.as_deref(), log).await {
             Ok(backend) => backend,
             Err(ended) => {
@@ -267,9 +269,29 @@ impl<'a> Conn<'_, 'a> {
     }
 }
 
+/// Where the client came from and where it connected to: a trusted PROXY header's addresses,
+/// or the socket's. The socket's local address is only read when a PROXY header to the backend
+/// needs it (a system call most connections don't make).
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    source: SocketAddr,
+    destination: Option<SocketAddr>,
+}
+
 /// The PROXY protocol header `route` sends its backend first, if it sends one.
-fn proxy_header(route: &Route, addresses: Addresses, tlvs: Tlvs<'_>) -> Option<Vec<u8>> {
+fn proxy_header(
+    route: &Route,
+    origin: Origin,
+    client: &TcpStream,
+    tlvs: Tlvs<'_>,
+) -> Option<Vec<u8>> {
     let version = route.proxy_protocol?;
+    let addresses = Addresses {
+        source: origin.source,
+        destination: origin
+            .destination
+            .unwrap_or_else(|| client.local_addr().unwrap_or(origin.source)),
+    };
     let mut header = Vec::with_capacity(128);
     proxy_protocol::encode(version, addresses, tlvs, &mut header);
     Some(header)
@@ -303,7 +325,10 @@ async fn connect(
         }
     };
     let _ = backend.set_nodelay(true);
-    log.backend = backend.peer_addr().ok();
+    log.backend = match route.backend {
+        Backend::Addr(addr) => Some(addr),
+        Backend::Host(..) => backend.peer_addr().ok(),
+    };
     if let Some(header) = header {
         if !matches!(
             timeout(live.timeouts.idle, backend.write_all(header)).await,

@@ -131,6 +131,9 @@ impl Listener {
         tracker: TaskTracker,
         shutdown: Shutdown,
     ) {
+        // Shared by this listener's connections: one reference count each, where cloning the
+        // tokens would lock each token's node.
+        let connection_shutdown = Arc::new(shutdown.clone());
         let mut backoff = Duration::ZERO;
         loop {
             let accepted = tokio::select! {
@@ -165,7 +168,7 @@ impl Listener {
                 live,
                 self.context.clone(),
                 pending.clone(),
-                shutdown.clone(),
+                connection_shutdown.clone(),
                 permit,
             ));
         }

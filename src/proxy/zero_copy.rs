@@ -15,9 +15,12 @@
 //! other direction keeps flowing.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use rustix::net::Shutdown;
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -34,6 +37,8 @@ const POOLED_PER_THREAD: usize = 64;
 /// Pipes open at once in the process, in flight or pooled. Past it, a direction copies its burst
 /// through a small heap buffer instead, so a storm of busy connections can't exhaust descriptors.
 const MAX_PIPES: usize = 8192;
+/// The heap buffer a burst goes through at [`MAX_PIPES`], freed when the burst is sent.
+const FALLBACK_BUFFER: usize = 16 * 1024;
 
 /// Pipes open in the process (pooled or in use).
 static PIPES: AtomicUsize = AtomicUsize::new(0);
@@ -115,148 +120,309 @@ pub(super) struct Counts {
 }
 
 /// Copies both ways between `client` and `backend` until both directions have ended; the first
-/// error ends both.
-pub(super) async fn copy_both_ways(
-    client: &TcpStream,
-    backend: &TcpStream,
-    activity: &Activity,
-    counts: &Counts,
-) -> io::Result<()> {
-    let to_backend = direction(client, backend, Side::Client, activity, &counts.to_backend);
-    let to_client = direction(backend, client, Side::Backend, activity, &counts.to_client);
-    tokio::try_join!(to_backend, to_client).map(|_| ())
+/// error ends both. Hand-written over the sockets' own readiness (`poll_read_ready`,
+/// `poll_write_ready`) rather than as two async blocks: it holds no readiness futures, so an
+/// idle connection's task stays small.
+pub(super) fn copy_both_ways<'a>(
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    activity: &'a Activity,
+    counts: &'a Counts,
+) -> CopyBothWays<'a> {
+    CopyBothWays {
+        to_backend: Direction::new(client, backend, Side::Client, &counts.to_backend),
+        to_client: Direction::new(backend, client, Side::Backend, &counts.to_client),
+        activity,
+    }
 }
 
-/// One direction: from `source` (the `side` named) into `sink`, until EOF (then `sink`'s write
-/// half is shut down) or an error.
-async fn direction(
-    source: &TcpStream,
-    sink: &TcpStream,
+/// The future [`copy_both_ways`] returns.
+#[derive(Debug)]
+pub(super) struct CopyBothWays<'a> {
+    to_backend: Direction<'a>,
+    to_client: Direction<'a>,
+    activity: &'a Activity,
+}
+
+impl Future for CopyBothWays<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let to_backend = this.to_backend.poll(context, this.activity)?;
+        let to_client = this.to_client.poll(context, this.activity)?;
+        if to_backend.is_ready() && to_client.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One direction: from `source` (the `side` named) into `sink`.
+#[derive(Debug)]
+struct Direction<'a> {
+    source: &'a TcpStream,
+    sink: &'a TcpStream,
     side: Side,
-    activity: &Activity,
-    written: &AtomicU64,
-) -> io::Result<()> {
-    let other = match side {
-        Side::Client => Side::Backend,
-        _ => Side::Client,
-    };
-    let fail = |blame: Side, error: io::Error| {
-        activity.failed(blame);
-        error
-    };
-    loop {
-        source.readable().await.map_err(|error| fail(side, error))?;
-        let Some(pipe) = Pipe::take() else {
-            match copy_through_buffer(source, sink, (side, other), activity, written).await {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err((blame, error)) => return Err(fail(blame, error)),
-            }
-        };
-        // A burst: fill the empty pipe from the socket, drain it all into the sink, again, until
-        // the socket would block (or ends).
-        let ended = loop {
-            let filled = source.try_io(Interest::READABLE, || {
-                rustix::pipe::splice(
-                    source,
-                    None,
-                    &pipe.write,
-                    None,
-                    PIPE_CAPACITY,
-                    SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-                )
-                .map_err(io::Error::from)
-            });
-            let mut in_pipe = match filled {
-                Ok(0) => break true,
-                Ok(moved) => moved,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break false,
-                Err(error) => {
-                    pipe.give_back();
-                    return Err(fail(side, error));
-                }
-            };
-            activity.touch();
-            while in_pipe > 0 {
-                let drained = sink.try_io(Interest::WRITABLE, || {
-                    rustix::pipe::splice(
-                        &pipe.read,
-                        None,
-                        sink,
-                        None,
-                        in_pipe,
-                        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-                    )
-                    .map_err(io::Error::from)
-                });
-                match drained {
-                    Ok(moved) => {
-                        in_pipe -= moved;
-                        written.fetch_add(moved as u64, Ordering::Relaxed);
-                        activity.touch();
+    written: &'a AtomicU64,
+    state: State,
+}
+
+/// Where a direction is.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the source to have bytes; holds nothing.
+    Idle,
+    /// A burst in flight: `in_pipe` bytes in `pipe` wait for the sink.
+    Draining { pipe: Pipe, in_pipe: usize },
+    /// At [`MAX_PIPES`]: `buffer[start..end]` waits for the sink.
+    Buffered {
+        buffer: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+    /// The source ended and the sink's write half is shut down.
+    Done,
+}
+
+/// What a splice or read into an empty pipe or buffer found.
+enum Fill {
+    /// Bytes moved.
+    Moved(usize),
+    /// The source has nothing now (its readiness is cleared).
+    Empty,
+    /// The source ended.
+    Ended,
+}
+
+impl<'a> Direction<'a> {
+    fn new(source: &'a TcpStream, sink: &'a TcpStream, side: Side, written: &'a AtomicU64) -> Self {
+        Self {
+            source,
+            sink,
+            side,
+            written,
+            state: State::Idle,
+        }
+    }
+
+    fn other(&self) -> Side {
+        match self.side {
+            Side::Client => Side::Backend,
+            _ => Side::Client,
+        }
+    }
+
+    /// Moves bytes until the direction would block (`Pending`), ends (`Ready(Ok)`) or fails.
+    fn poll(&mut self, context: &mut Context<'_>, activity: &Activity) -> Poll<io::Result<()>> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => return Poll::Ready(Ok(())),
+                State::Idle => {
+                    self.state = State::Idle;
+                    match self.source.poll_read_ready(context) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => {
+                            activity.failed(self.side);
+                            return Poll::Ready(Err(error));
+                        }
+                        Poll::Ready(Ok(())) => {}
                     }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        if let Err(error) = sink.writable().await {
-                            pipe.close();
-                            return Err(fail(other, error));
+                    // From here each outcome sets the next state (staying Idle when the source
+                    // turned out empty: the next poll registers for its readiness).
+                    match Pipe::take() {
+                        Some(pipe) => match self.fill(&pipe) {
+                            Ok(Fill::Moved(moved)) => {
+                                activity.touch();
+                                self.state = State::Draining {
+                                    pipe,
+                                    in_pipe: moved,
+                                };
+                            }
+                            Ok(Fill::Empty) => pipe.give_back(),
+                            Ok(Fill::Ended) => {
+                                pipe.give_back();
+                                return self.end(activity);
+                            }
+                            Err(error) => {
+                                pipe.give_back();
+                                activity.failed(self.side);
+                                return Poll::Ready(Err(error));
+                            }
+                        },
+                        None => {
+                            let mut buffer = vec![0u8; FALLBACK_BUFFER].into_boxed_slice();
+                            match read(self.source, &mut buffer) {
+                                Ok(Fill::Moved(end)) => {
+                                    activity.touch();
+                                    self.state = State::Buffered {
+                                        buffer,
+                                        start: 0,
+                                        end,
+                                    };
+                                }
+                                Ok(Fill::Empty) => {}
+                                Ok(Fill::Ended) => return self.end(activity),
+                                Err(error) => {
+                                    activity.failed(self.side);
+                                    return Poll::Ready(Err(error));
+                                }
+                            }
                         }
                     }
-                    Err(error) => {
-                        // The pipe still holds bytes nobody will read: close it, don't pool it.
-                        pipe.close();
-                        return Err(fail(other, error));
+                }
+                State::Draining { pipe, mut in_pipe } => {
+                    match self.sink.poll_write_ready(context) {
+                        Poll::Pending => {
+                            self.state = State::Draining { pipe, in_pipe };
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(error)) => {
+                            pipe.close();
+                            activity.failed(self.other());
+                            return Poll::Ready(Err(error));
+                        }
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let drained = self.sink.try_io(Interest::WRITABLE, || {
+                        rustix::pipe::splice(
+                            &pipe.read,
+                            None,
+                            self.sink,
+                            None,
+                            in_pipe,
+                            SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+                        )
+                        .map_err(io::Error::from)
+                    });
+                    match drained {
+                        Ok(moved) => {
+                            in_pipe -= moved;
+                            self.written.fetch_add(moved as u64, Ordering::Relaxed);
+                            activity.touch();
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(error) => {
+                            // The pipe still holds bytes nobody will read: close it, don't
+                            // pool it.
+                            pipe.close();
+                            activity.failed(self.other());
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                    if in_pipe > 0 {
+                        self.state = State::Draining { pipe, in_pipe };
+                        continue;
+                    }
+                    // The pipe is empty: the burst goes on with it while the source has more.
+                    match self.fill(&pipe) {
+                        Ok(Fill::Moved(moved)) => {
+                            activity.touch();
+                            self.state = State::Draining {
+                                pipe,
+                                in_pipe: moved,
+                            };
+                        }
+                        Ok(Fill::Empty) => {
+                            pipe.give_back();
+                            self.state = State::Idle;
+                        }
+                        Ok(Fill::Ended) => {
+                            pipe.give_back();
+                            return self.end(activity);
+                        }
+                        Err(error) => {
+                            pipe.give_back();
+                            activity.failed(self.side);
+                            return Poll::Ready(Err(error));
+                        }
                     }
                 }
+                State::Buffered {
+                    buffer,
+                    mut start,
+                    end,
+                } => {
+                    match self.sink.poll_write_ready(context) {
+                        Poll::Pending => {
+                            self.state = State::Buffered { buffer, start, end };
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Err(error)) => {
+                            activity.failed(self.other());
+                            return Poll::Ready(Err(error));
+                        }
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    match self.sink.try_write(&buffer[start..end]) {
+                        Ok(sent) => {
+                            start += sent;
+                            self.written.fetch_add(sent as u64, Ordering::Relaxed);
+                            activity.touch();
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(error) => {
+                            activity.failed(self.other());
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                    // The buffer is dropped once sent: the next burst takes a pipe if it can.
+                    self.state = if start < end {
+                        State::Buffered { buffer, start, end }
+                    } else {
+                        State::Idle
+                    };
+                }
             }
-        };
-        pipe.give_back();
-        if ended {
-            break;
         }
     }
-    activity.closed(side);
-    match rustix::net::shutdown(sink, Shutdown::Write) {
-        Ok(()) => Ok(()),
-        // The sink already went away; the other direction will see it.
-        Err(rustix::io::Errno::NOTCONN) => Ok(()),
-        Err(error) => Err(fail(other, error.into())),
+
+    /// Splices what the source has into `pipe`, which is empty: so EAGAIN can only mean the
+    /// source is empty (the trap of a full pipe can't arise).
+    fn fill(&self, pipe: &Pipe) -> io::Result<Fill> {
+        let filled = self.source.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(
+                self.source,
+                None,
+                &pipe.write,
+                None,
+                PIPE_CAPACITY,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(io::Error::from)
+        });
+        match filled {
+            Ok(0) => Ok(Fill::Ended),
+            Ok(moved) => Ok(Fill::Moved(moved)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Empty),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The source ended: shut down the sink's write half, as the half-close is passed on.
+    fn end(&mut self, activity: &Activity) -> Poll<io::Result<()>> {
+        activity.closed(self.side);
+        self.state = State::Done;
+        match rustix::net::shutdown(self.sink, Shutdown::Write) {
+            // NOTCONN: the sink already went away; the other direction will see it.
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => Poll::Ready(Ok(())),
+            Err(error) => {
+                activity.failed(self.other());
+                Poll::Ready(Err(error.into()))
+            }
+        }
     }
 }
 
-/// At [`MAX_PIPES`]: one read into a short-lived buffer and a write of it. `Ok(false)` at EOF.
-async fn copy_through_buffer(
-    source: &TcpStream,
-    sink: &TcpStream,
-    (side, other): (Side, Side),
-    activity: &Activity,
-    written: &AtomicU64,
-) -> Result<bool, (Side, io::Error)> {
-    let mut buffer = vec![0u8; 16 * 1024];
-    let read = loop {
-        match source.try_read(&mut buffer) {
-            Ok(read) => break read,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                source.readable().await.map_err(|error| (side, error))?;
-            }
-            Err(error) => return Err((side, error)),
-        }
-    };
-    if read == 0 {
-        return Ok(false);
+/// A plain read into `buffer`, for the fallback at [`MAX_PIPES`].
+fn read(source: &TcpStream, buffer: &mut [u8]) -> io::Result<Fill> {
+    match source.try_read(buffer) {
+        Ok(0) => Ok(Fill::Ended),
+        Ok(read) => Ok(Fill::Moved(read)),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Empty),
+        Err(error) => Err(error),
     }
-    let mut sent = 0;
-    while sent < read {
-        match sink.try_write(&buffer[sent..read]) {
-            Ok(count) => sent += count,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                sink.writable().await.map_err(|error| (other, error))?;
-            }
-            Err(error) => return Err((other, error)),
-        }
-    }
-    written.fetch_add(read as u64, Ordering::Relaxed);
-    activity.touch();
-    Ok(true)
 }
 
 #[cfg(test)]
