@@ -3,13 +3,13 @@
 //!
 //! Each event's formatted line is handed over a bounded channel without blocking (a full
 //! channel drops the line and counts it: [`dropped_lines`]). The writer thread, while lines keep
-//! coming, wakes every [`BATCH_PERIOD`] and writes everything waiting in one `write(2)`; once a
-//! poll finds nothing it blocks until the next line. Under load the producers therefore never
-//! find it asleep, and an idle process doesn't wake at all.
+//! coming, sleeps [`BATCH_PERIOD`] between batches and writes everything waiting in one
+//! `write(2)`; once it finds nothing it blocks until the next line. Under load the loggers
+//! therefore never have to wake it, and an idle process doesn't wake at all.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -81,11 +81,13 @@ fn write_batches(receiver: &Receiver<Vec<u8>>, out: &mut impl Write) {
         if stop {
             return;
         }
-        // Lines are coming: let the next ones gather for a moment rather than wake per line.
-        next = match receiver.recv_timeout(BATCH_PERIOD) {
-            Err(RecvTimeoutError::Timeout) => receiver.recv(),
-            Err(RecvTimeoutError::Disconnected) => return,
+        // Lines are coming: let the next ones gather for a moment. Sleeping (not waiting on the
+        // channel) means the loggers never have to wake this thread while it does.
+        std::thread::sleep(BATCH_PERIOD);
+        next = match receiver.try_recv() {
             Ok(line) => Ok(line),
+            Err(TryRecvError::Empty) => receiver.recv(),
+            Err(TryRecvError::Disconnected) => return,
         };
     }
 }
