@@ -149,8 +149,10 @@ impl Future for CopyBothWays<'_> {
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let to_backend = this.to_backend.poll(context, this.activity)?;
-        let to_client = this.to_client.poll(context, this.activity)?;
+        let client_done = this.to_client.is_done();
+        let to_backend = this.to_backend.poll(context, this.activity, client_done)?;
+        let backend_done = this.to_backend.is_done();
+        let to_client = this.to_client.poll(context, this.activity, backend_done)?;
         if to_backend.is_ready() && to_client.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -207,6 +209,10 @@ impl<'a> Direction<'a> {
         }
     }
 
+    fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
     fn other(&self) -> Side {
         match self.side {
             Side::Client => Side::Backend,
@@ -215,7 +221,13 @@ impl<'a> Direction<'a> {
     }
 
     /// Moves bytes until the direction would block (`Pending`), ends (`Ready(Ok)`) or fails.
-    fn poll(&mut self, context: &mut Context<'_>, activity: &Activity) -> Poll<io::Result<()>> {
+    /// `other_done`: the opposite direction has ended, so this one ending ends the connection.
+    fn poll(
+        &mut self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+        other_done: bool,
+    ) -> Poll<io::Result<()>> {
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Done => return Poll::Ready(Ok(())),
@@ -243,7 +255,7 @@ impl<'a> Direction<'a> {
                             Ok(Fill::Empty) => pipe.give_back(),
                             Ok(Fill::Ended) => {
                                 pipe.give_back();
-                                return self.end(activity);
+                                return self.end(activity, other_done);
                             }
                             Err(error) => {
                                 pipe.give_back();
@@ -263,7 +275,7 @@ impl<'a> Direction<'a> {
                                     };
                                 }
                                 Ok(Fill::Empty) => {}
-                                Ok(Fill::Ended) => return self.end(activity),
+                                Ok(Fill::Ended) => return self.end(activity, other_done),
                                 Err(error) => {
                                     activity.failed(self.side);
                                     return Poll::Ready(Err(error));
@@ -330,7 +342,7 @@ impl<'a> Direction<'a> {
                         }
                         Ok(Fill::Ended) => {
                             pipe.give_back();
-                            return self.end(activity);
+                            return self.end(activity, other_done);
                         }
                         Err(error) => {
                             pipe.give_back();
@@ -400,10 +412,15 @@ impl<'a> Direction<'a> {
         }
     }
 
-    /// The source ended: shut down the sink's write half, as the half-close is passed on.
-    fn end(&mut self, activity: &Activity) -> Poll<io::Result<()>> {
+    /// The source ended: shut down the sink's write half, as the half-close is passed on. When
+    /// the other direction is over too, the sockets are about to close, which says the same:
+    /// no separate shutdown.
+    fn end(&mut self, activity: &Activity, other_done: bool) -> Poll<io::Result<()>> {
         activity.closed(self.side);
         self.state = State::Done;
+        if other_done {
+            return Poll::Ready(Ok(()));
+        }
         match rustix::net::shutdown(self.sink, Shutdown::Write) {
             // NOTCONN: the sink already went away; the other direction will see it.
             Ok(()) | Err(rustix::io::Errno::NOTCONN) => Poll::Ready(Ok(())),
