@@ -22,9 +22,10 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A fault in a PEM file or in what its contents make: the file and what is wrong.
+/// A fault in a PEM file or in what its contents make: the file and what is wrong. The path is
+/// shown escaped, so the fault stays one line whatever the file is called.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {message}", file.display())]
+#[error("{}: {message}", file.display().to_string().escape_debug())]
 pub struct TerminateError {
     /// The PEM file at fault.
     pub file: PathBuf,
@@ -154,8 +155,30 @@ pub fn backend_tls(
     })
 }
 
+/// PEM files are read up to this size; a chain of a few certificates is a few KiB.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// A PEM file's bytes: a regular file of at most [`MAX_PEM_BYTES`] (a device or a FIFO named by
+/// mistake would otherwise hang the load).
 fn read(path: &Path) -> Result<Vec<u8>, TerminateError> {
-    std::fs::read(path).map_err(|error| TerminateError::new(path, format!("cannot read: {error}")))
+    let fault = |message: String| TerminateError::new(path, message);
+    let file = std::fs::File::open(path).map_err(|error| fault(format!("cannot read: {error}")))?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| fault(format!("cannot read: {error}")))?;
+    if !metadata.is_file() {
+        return Err(fault("expected a regular file".to_owned()));
+    }
+    if metadata.len() > MAX_PEM_BYTES {
+        return Err(fault(format!(
+            "expected at most {MAX_PEM_BYTES} bytes, found {}",
+            metadata.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_PEM_BYTES), &mut bytes)
+        .map_err(|error| fault(format!("cannot read: {error}")))?;
+    Ok(bytes)
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TerminateError> {
@@ -268,6 +291,22 @@ mod tests {
                 "{}: expected a PEM certificate, found none",
                 files.cert.display()
             )
+        );
+    }
+
+    #[test]
+    fn a_device_or_a_directory_is_refused_and_odd_names_stay_on_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = Pki::new().unwrap().issue_pem(&names()).unwrap();
+        let mut files = files(dir.path(), &cert, &key);
+        files.cert = PathBuf::from("/dev/zero");
+        let error = server_config(&files).unwrap_err().to_string();
+        assert_eq!(error, "/dev/zero: expected a regular file");
+        files.cert = dir.path().join("two\nlines.pem");
+        let error = server_config(&files).unwrap_err().to_string();
+        assert!(
+            !error.contains('\n') && error.contains("two\\nlines.pem"),
+            "{error}"
         );
     }
 
