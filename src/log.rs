@@ -45,7 +45,7 @@ pub fn start() -> io::Result<(Lines, FlushOnDrop)> {
             sender: sender.clone(),
         },
         FlushOnDrop {
-            sender: Some(sender),
+            sender,
             thread: Some(thread),
         },
     ))
@@ -143,7 +143,7 @@ impl Drop for Line<'_> {
 /// Stops the writer thread once everything logged before is written. Keep it until exit.
 #[derive(Debug)]
 pub struct FlushOnDrop {
-    sender: Option<SyncSender<Vec<u8>>>,
+    sender: SyncSender<Vec<u8>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -151,9 +151,7 @@ impl Drop for FlushOnDrop {
     fn drop(&mut self) {
         // An empty line is "flush and stop"; the channel is in order, so everything logged before
         // it is written first.
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Vec::new());
-        }
+        let _ = self.sender.send(Vec::new());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -7,6 +7,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
+
+use crate::terminate::TerminateError;
 use toml::Spanned;
 
 /// A config fault, located. Its `Display` is the whole line printed to the operator.
@@ -101,6 +103,31 @@ impl Source<'_> {
             self.line_starts[line - 1]
         };
         (line + 1, before[line_start..].chars().count() + 1)
+    }
+
+    /// A path routes.toml gives, taken from routes.toml's directory when relative.
+    pub fn relative_path(&self, value: &Spanned<String>) -> PathBuf {
+        self.file
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(value.get_ref())
+    }
+
+    /// A fault in a file `table` names, located at the key (of `named`) that names that file.
+    pub fn file_fault(
+        &self,
+        error: TerminateError,
+        table: &str,
+        named: &[(&str, &Spanned<String>)],
+    ) -> ConfigError {
+        let found = named
+            .iter()
+            .find(|(_, value)| self.relative_path(value) == error.file)
+            .or(named.first());
+        match found {
+            Some((key, value)) => self.at(value, format!("{table}.{key}"), error.to_string()),
+            None => ConfigError::file(&error.file, error.message),
+        }
     }
 
     /// A TOML syntax or type error, with the key path of the value it points at.

@@ -13,18 +13,19 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ConfigError;
 use error::Source;
 use raw::{RawBackendTls, RawConfig, RawDefault, RawRoute, RawTerminate};
+use rustls::pki_types::ServerName as ServerNameTls;
 use toml::{Spanned, Value};
 
 use crate::name::{NamePattern, ServerName};
 use crate::proxy_protocol::{Cidr, Version};
-use crate::terminate::{self, BackendTls, TerminateError, TerminateFiles};
+use crate::terminate::{self, BackendTls, TerminateFiles};
 
 /// Route name used for `[default]` in logs.
 pub const DEFAULT_ROUTE_NAME: &str = "default";
@@ -513,89 +514,74 @@ fn target(
 /// and names the file too.
 fn terminate(
     source: Source<'_>,
-    key: &str,
+    route: &str,
     raw: &RawTerminate,
     backend_tls: Option<&Spanned<RawBackendTls>>,
     backend: &Backend,
 ) -> Result<Terminate, ConfigError> {
-    let key = format!("{key}.terminate");
-    let base = source.file.parent().unwrap_or(Path::new(""));
-    let path = |value: &Spanned<String>| base.join(value.get_ref());
+    let table = format!("{route}.terminate");
     let files = TerminateFiles {
-        cert: path(&raw.cert),
-        key: path(&raw.key),
-        client_ca: raw.client_ca.as_ref().map(path),
+        cert: source.relative_path(&raw.cert),
+        key: source.relative_path(&raw.key),
+        client_ca: raw.client_ca.as_ref().map(|ca| source.relative_path(ca)),
         alpn: match &raw.alpn {
-            Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
+            Some(list) => alpn_list(source, &format!("{table}.alpn"), list)?,
             None => Vec::new(),
         },
     };
-    // Which key of `terminate` names the file a fault is in.
-    let located =
-        |error: TerminateError, table: &str, named: &[(&str, &Spanned<String>, PathBuf)]| {
-            let (name, value) = named
-                .iter()
-                .find(|(_, _, file)| *file == error.file)
-                .map_or((named[0].0, named[0].1), |(name, value, _)| (*name, *value));
-            source.at(value, format!("{table}.{name}"), error.to_string())
-        };
-    let mut named = vec![
-        ("cert", &raw.cert, files.cert.clone()),
-        ("key", &raw.key, files.key.clone()),
-    ];
-    if let (Some(value), Some(file)) = (&raw.client_ca, &files.client_ca) {
-        named.push(("client_ca", value, file.clone()));
-    }
-    let server = terminate::server_config(&files).map_err(|error| located(error, &key, &named))?;
-    let backend_tls = match backend_tls {
-        None => None,
-        Some(spanned) => {
-            let raw_tls = spanned.get_ref();
-            let table = key.replace(".terminate", ".backend_tls");
-            let server_name = match &raw_tls.server_name {
-                Some(name) => rustls::pki_types::ServerName::try_from(name.get_ref().clone())
-                    .map_err(|_| {
-                        source.at(
-                            name,
-                            format!("{table}.server_name"),
-                            format!(
-                                "expected a DNS name or IP address, found \"{}\"",
-                                name.get_ref().escape_debug()
-                            ),
-                        )
-                    })?,
-                None => match backend {
-                    Backend::Addr(addr) => rustls::pki_types::ServerName::from(addr.ip()),
-                    Backend::Host(host, _) => rustls::pki_types::ServerName::try_from(
-                        host.as_str().to_owned(),
-                    )
-                    .map_err(|_| source.at(spanned, table.clone(), "expected a `server_name`"))?,
-                },
-            };
-            let offered: &[Box<[u8]>] = if raw_tls.alpn_to_backend.unwrap_or(false) {
-                if files.alpn.is_empty() {
-                    return Err(source.at(
-                        spanned,
-                        format!("{table}.alpn_to_backend"),
-                        "needs `terminate.alpn`",
-                    ));
-                }
-                &files.alpn
-            } else {
-                &[]
-            };
-            let ca = path(&raw_tls.ca);
-            Some(
-                terminate::backend_tls(&ca, server_name, offered)
-                    .map_err(|error| located(error, &table, &[("ca", &raw_tls.ca, ca.clone())]))?,
-            )
-        }
-    };
+    let mut named = vec![("cert", &raw.cert), ("key", &raw.key)];
+    named.extend(raw.client_ca.as_ref().map(|ca| ("client_ca", ca)));
+    let server = terminate::server_config(&files)
+        .map_err(|error| source.file_fault(error, &table, &named))?;
+    let backend_tls = backend_tls
+        .map(|raw_tls| upstream_tls(source, route, raw_tls, backend, &files.alpn))
+        .transpose()?;
     Ok(Terminate {
         files,
         server,
         backend_tls,
     })
+}
+
+/// `backend_tls`: whom the backend's certificate must chain to, the name it must carry (default:
+/// the backend's host or IP), and with `alpn_to_backend` the protocols `offered` to clients.
+fn upstream_tls(
+    source: Source<'_>,
+    route: &str,
+    spanned: &Spanned<RawBackendTls>,
+    backend: &Backend,
+    offered: &[Box<[u8]>],
+) -> Result<BackendTls, ConfigError> {
+    let raw = spanned.get_ref();
+    let table = format!("{route}.backend_tls");
+    let server_name = match (&raw.server_name, backend) {
+        (Some(name), _) => ServerNameTls::try_from(name.get_ref().clone()).map_err(|_| {
+            source.at(
+                name,
+                format!("{table}.server_name"),
+                format!(
+                    "expected a DNS name or IP address, found \"{}\"",
+                    name.get_ref().escape_debug()
+                ),
+            )
+        })?,
+        (None, Backend::Addr(addr)) => ServerNameTls::from(addr.ip()),
+        (None, Backend::Host(host, _)) => ServerNameTls::try_from(host.as_str().to_owned())
+            .map_err(|_| source.at(spanned, table.clone(), "expected a `server_name`"))?,
+    };
+    let alpn = match raw.alpn_to_backend {
+        Some(true) if offered.is_empty() => {
+            return Err(source.at(
+                spanned,
+                format!("{table}.alpn_to_backend"),
+                "needs `terminate.alpn`",
+            ))
+        }
+        Some(true) => offered,
+        _ => &[],
+    };
+    terminate::backend_tls(&source.relative_path(&raw.ca), server_name, alpn)
+        .map_err(|error| source.file_fault(error, &table, &[("ca", &raw.ca)]))
 }
 
 /// A non-empty list of ALPN protocol names, each 1 to 255 bytes.

@@ -234,11 +234,12 @@ impl<'a> Conn<'_, 'a> {
                 .find(|protocol| &protocol[..] == negotiated)
                 .map(|protocol| &protocol[..])
         });
-        let client_tls = ClientTls::of(&client);
+        // Read (the client certificate's name parsed) only for a PROXY header that carries it.
+        let client_tls = route.proxy_protocol.map(|_| ClientTls::of(&client));
         let tlvs = Tlvs {
             authority: log.server_name.as_ref().map(|name| name.as_str()),
             alpn: log.negotiated,
-            ssl: Some(client_tls.ssl()),
+            ssl: client_tls.as_ref().map(ClientTls::ssl),
         };
         let header = proxy_header(route, origin, client.get_ref().0, tlvs);
         let backend = match connect(live, route, header.as_deref(), log).await {

@@ -45,9 +45,19 @@ static PIPES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
     /// Pipes taken on this thread minus pipes returned or closed on it (exact on a
     /// current-thread runtime; tests use it to see that idle connections hold none).
     static IN_USE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts pipes taken (`1`) and returned or closed (`-1`) for the tests; nothing otherwise.
+fn count_in_use(_delta: isize) {
+    #[cfg(test)]
+    IN_USE.with(|in_use| in_use.set(in_use.get() + _delta));
 }
 
 /// A pipe's two ends, both non-blocking.
@@ -62,7 +72,7 @@ impl Pipe {
     /// process is out of descriptors.
     fn take() -> Option<Self> {
         let pipe = Self::pooled_or_new()?;
-        IN_USE.with(|in_use| in_use.set(in_use.get() + 1));
+        count_in_use(1);
         Some(pipe)
     }
 
@@ -85,7 +95,7 @@ impl Pipe {
 
     /// Back to this thread's pool; only ever called with the pipe empty.
     fn give_back(self) {
-        IN_USE.with(|in_use| in_use.set(in_use.get() - 1));
+        count_in_use(-1);
         let kept = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             if pool.len() < POOLED_PER_THREAD {
@@ -102,7 +112,7 @@ impl Pipe {
 
     /// Closes a pipe taken with [`Pipe::take`], with whatever it holds.
     fn close(self) {
-        IN_USE.with(|in_use| in_use.set(in_use.get() - 1));
+        count_in_use(-1);
         self.discard();
     }
 
@@ -244,25 +254,11 @@ impl<'a> Direction<'a> {
                     // From here each outcome sets the next state (staying Idle when the source
                     // turned out empty: the next poll registers for its readiness).
                     match Pipe::take() {
-                        Some(pipe) => match self.fill(&pipe) {
-                            Ok(Fill::Moved(moved)) => {
-                                activity.touch();
-                                self.state = State::Draining {
-                                    pipe,
-                                    in_pipe: moved,
-                                };
+                        Some(pipe) => {
+                            if let Some(ended) = self.fill_pipe(pipe, activity, other_done) {
+                                return ended;
                             }
-                            Ok(Fill::Empty) => pipe.give_back(),
-                            Ok(Fill::Ended) => {
-                                pipe.give_back();
-                                return self.end(activity, other_done);
-                            }
-                            Err(error) => {
-                                pipe.give_back();
-                                activity.failed(self.side);
-                                return Poll::Ready(Err(error));
-                            }
-                        },
+                        }
                         None => {
                             let mut buffer = vec![0u8; FALLBACK_BUFFER].into_boxed_slice();
                             match read(self.source, &mut buffer) {
@@ -328,27 +324,8 @@ impl<'a> Direction<'a> {
                         continue;
                     }
                     // The pipe is empty: the burst goes on with it while the source has more.
-                    match self.fill(&pipe) {
-                        Ok(Fill::Moved(moved)) => {
-                            activity.touch();
-                            self.state = State::Draining {
-                                pipe,
-                                in_pipe: moved,
-                            };
-                        }
-                        Ok(Fill::Empty) => {
-                            pipe.give_back();
-                            self.state = State::Idle;
-                        }
-                        Ok(Fill::Ended) => {
-                            pipe.give_back();
-                            return self.end(activity, other_done);
-                        }
-                        Err(error) => {
-                            pipe.give_back();
-                            activity.failed(self.side);
-                            return Poll::Ready(Err(error));
-                        }
+                    if let Some(ended) = self.fill_pipe(pipe, activity, other_done) {
+                        return ended;
                     }
                 }
                 State::Buffered {
@@ -386,6 +363,41 @@ impl<'a> Direction<'a> {
                         State::Idle
                     };
                 }
+            }
+        }
+    }
+
+    /// Fills the empty `pipe` from the source and sets the next state: a burst to drain, or
+    /// Idle with the pipe given back when the source has nothing. `Some`: the direction ended
+    /// (EOF or an error) and this is what `poll` returns.
+    fn fill_pipe(
+        &mut self,
+        pipe: Pipe,
+        activity: &Activity,
+        other_done: bool,
+    ) -> Option<Poll<io::Result<()>>> {
+        match self.fill(&pipe) {
+            Ok(Fill::Moved(moved)) => {
+                activity.touch();
+                self.state = State::Draining {
+                    pipe,
+                    in_pipe: moved,
+                };
+                None
+            }
+            Ok(Fill::Empty) => {
+                pipe.give_back();
+                self.state = State::Idle;
+                None
+            }
+            Ok(Fill::Ended) => {
+                pipe.give_back();
+                Some(self.end(activity, other_done))
+            }
+            Err(error) => {
+                pipe.give_back();
+                activity.failed(self.side);
+                Some(Poll::Ready(Err(error)))
             }
         }
     }
