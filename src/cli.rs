@@ -216,7 +216,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
                 alpn_list(route),
-                route.backend.to_string(),
+                route.target.backend.to_string(),
                 tls_mode(route),
             ]
         })
@@ -262,7 +262,7 @@ fn emit(out: &str) -> anyhow::Result<()> {
 
 /// How a route treats the client's TLS: `passthrough`, or `terminate` and what it adds.
 fn tls_mode(route: &Route) -> String {
-    let Some(terminate) = &route.terminate else {
+    let Some(terminate) = &route.target.terminate else {
         return "passthrough".to_owned();
     };
     let mut mode = "terminate".to_owned();
@@ -330,7 +330,7 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
     match decision.route {
         Some(route) => {
             writeln!(out, "route    {} (line {})", route.name, route.line)?;
-            writeln!(out, "backend  {}", route.backend)?;
+            writeln!(out, "backend  {}", route.target.backend)?;
             writeln!(out, "tls      {}", tls_mode(route))?;
             match decision.reason {
                 Reason::NoServerName | Reason::NoMatch => {
@@ -452,7 +452,8 @@ async fn demo() -> anyhow::Result<()> {
     // One TLS backend per backend address, with a certificate for every name routed to it.
     let mut backends: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
     for route in &config.routes {
-        let (config::Backend::Addr(address), Some(pattern)) = (&route.backend, &route.sni) else {
+        let (config::Backend::Addr(address), Some(pattern)) = (&route.target.backend, &route.sni)
+        else {
             continue;
         };
         let entry = backends

@@ -31,9 +31,12 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod hello;
 pub mod log;

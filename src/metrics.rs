@@ -7,17 +7,12 @@
 //! itself from a socket it binds like any listener, so a bad `metrics.address` is reported like
 //! a bad `listen.address`, and tests can bind port 0.
 
-use std::io;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use metrics::{
     describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Outcome;
 
@@ -45,6 +40,11 @@ pub const CONNECTION_DURATION: &str = "sniroute_connection_duration_seconds";
 pub const CONFIG_RELOADS: &str = "sniroute_config_reloads_total";
 /// Log lines dropped because the writer thread's buffer was full (stderr too slow).
 pub const LOG_LINES_DROPPED: &str = "sniroute_log_lines_dropped_total";
+/// Counter: failed accepts (out of file descriptors, say), per listener (`listener` label; the
+/// metrics listener is `listener="metrics"`).
+pub const ACCEPT_ERRORS: &str = "sniroute_accept_errors_total";
+/// Gauge: bytes held by the buffers of hellos still arriving (`limits.max_pending_hello_bytes`).
+pub const PENDING_HELLO_BYTES: &str = "sniroute_pending_hello_bytes";
 
 /// The route label of connections that matched no route.
 pub const NO_ROUTE: &str = "none";
@@ -58,14 +58,6 @@ const FAST_BUCKETS: &[f64] = &[
 const LIFETIME_BUCKETS: &[f64] = &[
     0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
 ];
-
-/// How often histogram samples are folded into buckets when nobody scrapes, so their buffers
-/// stay bounded.
-const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
-/// How long a scrape may take to send its request.
-const SCRAPE_PATIENCE: Duration = Duration::from_secs(5);
-/// Longest scrape request head read.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle) and
 /// describes every series.
@@ -141,6 +133,14 @@ fn describe() {
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr could not keep up."
     );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts (out of file descriptors, say), by listener."
+    );
+    describe_gauge!(
+        PENDING_HELLO_BYTES,
+        "Bytes held by the buffers of hellos still arriving."
+    );
 }
 
 /// The series every connection touches, whatever its route.
@@ -180,6 +180,8 @@ pub struct ListenerMetrics {
     pub over_max_connections: Counter,
     /// `sniroute_connections_rejected_total{reason="max_pending_per_ip"}`.
     pub over_max_pending: Counter,
+    /// `sniroute_accept_errors_total{listener}`.
+    pub accept_errors: Counter,
 }
 
 impl ListenerMetrics {
@@ -189,6 +191,7 @@ impl ListenerMetrics {
             accepted: metrics::counter!(CONNECTIONS_ACCEPTED, "listener" => address.to_owned()),
             over_max_connections: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_connections"),
             over_max_pending: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_pending_per_ip"),
+            accept_errors: metrics::counter!(ACCEPT_ERRORS, "listener" => address.to_owned()),
         }
     }
 }
@@ -260,74 +263,4 @@ impl RouteHandles {
     pub fn closed(&self, outcome: Outcome) -> &Counter {
         &self.closed[outcome.index()]
     }
-}
-
-/// Serves `GET /metrics` on `listener` until `stop` fires, and keeps histogram buffers folded.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
-    let upkeep = {
-        let handle = handle.clone();
-        let stop = stop.clone();
-        async move {
-            let mut ticks = tokio::time::interval(UPKEEP_PERIOD);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => handle.run_upkeep(),
-                    () = stop.cancelled() => return,
-                }
-            }
-        }
-    };
-    let accept = async {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(scrape(stream, handle.clone()));
-        }
-    };
-    tokio::select! {
-        () = upkeep => {}
-        () = accept => {}
-        () = stop.cancelled() => {}
-    }
-}
-
-/// Answers one scrape: `GET /metrics` gets the text format, anything else 404.
-async fn scrape(mut stream: TcpStream, handle: PrometheusHandle) -> io::Result<()> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let read_head = async {
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD
-        {
-            match stream.read(&mut chunk).await? {
-                0 => break,
-                read => head.extend_from_slice(&chunk[..read]),
-            }
-        }
-        Ok::<_, io::Error>(())
-    };
-    tokio::time::timeout(SCRAPE_PATIENCE, read_head).await??;
-    let (status, content_type, body) =
-        if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-            metrics::counter!(LOG_LINES_DROPPED).absolute(crate::log::dropped_lines());
-            handle.run_upkeep();
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                handle.render(),
-            )
-        } else {
-            (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "try GET /metrics\n".to_owned(),
-            )
-        };
-    let header = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(header.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }

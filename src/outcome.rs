@@ -36,17 +36,23 @@ pub enum Outcome {
     OverLimit,
     /// Over `limits.max_pending_per_ip` for its address: closed at accept.
     PendingLimit,
+    /// Its hello would have taken pending hellos past `limits.max_pending_hello_bytes`: closed
+    /// (the newest connection gives way; those already waiting keep their bytes).
+    HelloBudget,
     /// From a trusted source: a PROXY protocol header missing, malformed or late.
     BadProxyHeader,
     /// Terminate routes: the TLS handshake failed or timed out, with the client (a missing or
     /// bad client certificate, no ALPN in common) or, re-encrypting, with the backend (`side`
     /// says which).
     TlsError,
+    /// sniroute itself could not go on: out of file descriptors or memory (the log's `cause`
+    /// says which). Not the backend's fault, and not counted against it.
+    InternalError,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 17] = [
+    pub const ALL: [Outcome; 19] = [
         Self::Ok,
         Self::NotTls,
         Self::Sslv2,
@@ -62,8 +68,10 @@ impl Outcome {
         Self::Drained,
         Self::OverLimit,
         Self::PendingLimit,
+        Self::HelloBudget,
         Self::BadProxyHeader,
         Self::TlsError,
+        Self::InternalError,
     ];
 
     /// This outcome's position in [`Outcome::ALL`].
@@ -89,8 +97,10 @@ impl Outcome {
             Self::Drained => "drained",
             Self::OverLimit => "over_limit",
             Self::PendingLimit => "pending_limit",
+            Self::HelloBudget => "hello_budget",
             Self::BadProxyHeader => "bad_proxy_header",
             Self::TlsError => "tls_error",
+            Self::InternalError => "internal_error",
         }
     }
 }
@@ -119,5 +129,25 @@ impl fmt::Display for Side {
             Self::Backend => "backend",
             Self::Internal => "internal",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_listed_once_in_declaration_order_with_a_distinct_label() {
+        for (position, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(outcome.index(), position, "{outcome} out of order in ALL");
+        }
+        let mut labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(
+            labels.len(),
+            Outcome::ALL.len(),
+            "two outcomes share a label"
+        );
     }
 }

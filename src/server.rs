@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{self, Config, ConfigError, Listen};
-use crate::metrics::{self as series, ListenerMetrics};
-use crate::proxy::{Listener, ListenerContext, Live, PendingHellos, Shutdown};
+use crate::config::{self, Config, ConfigError, Listen, ListenKey};
+use crate::metrics as series;
+use crate::proxy::{Listener, ListenerContext, Live, Shared};
 
 /// How long a burst of file events (an editor writes, renames, touches) settles before one
 /// reload.
@@ -51,10 +51,12 @@ pub struct ReloadReport {
 #[derive(Debug)]
 pub struct Server {
     path: PathBuf,
-    /// Bound listeners with the address routes.toml gave each.
-    listeners: Vec<(SocketAddr, Listener)>,
+    /// Bound listeners with the (protocol, address) routes.toml gave each.
+    listeners: Vec<(ListenKey, Listener)>,
     /// `GET /metrics`, where the config asks for it.
     metrics: Option<(TcpListener, SocketAddr)>,
+    /// The `[metrics]` table it was bound from.
+    metrics_listen: Option<Listen>,
     live: Arc<ArcSwap<Live>>,
     permits: Arc<Semaphore>,
     max_connections: usize,
@@ -94,6 +96,7 @@ impl Server {
             path: path.to_owned(),
             listeners,
             metrics,
+            metrics_listen: config.metrics.clone(),
             live: Arc::new(ArcSwap::from_pointee(Live::new(config))),
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             max_connections: config.limits.max_connections,
@@ -124,30 +127,24 @@ impl Server {
     /// connections still reading their hello close, spliced connections get `timeouts.drain` to
     /// finish, the rest are closed. Returns when every connection is gone.
     pub async fn run(mut self, mut signals: mpsc::Receiver<Signal>) {
-        let shutdown = Shutdown::default();
+        let shared = Arc::new(Shared::default());
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
-        let pending = Arc::new(PendingHellos::default());
+        let admin = TaskTracker::new();
         let mut running = Running {
-            shutdown: &shutdown,
+            shared: &shared,
             connections: &connections,
             accept_loops: &accept_loops,
-            pending: &pending,
-            stops: HashMap::new(),
+            admin: &admin,
+            listeners: HashMap::new(),
+            metrics: None,
         };
         for (configured, listener) in std::mem::take(&mut self.listeners) {
             running.start(&self, configured, listener);
         }
         // Metrics stay up through the drain, so it can be watched; they stop last.
-        let metrics_stop = CancellationToken::new();
-        let metrics_task = self.metrics.take().map(|(socket, address)| {
-            tracing::info!(%address, "serving metrics");
-            tokio::spawn(series::serve(
-                socket,
-                series::install(),
-                metrics_stop.clone(),
-            ))
-        });
+        let metrics = self.metrics.take();
+        running.serve_metrics(self.metrics_listen.as_ref(), metrics);
         notify_ready();
 
         loop {
@@ -167,26 +164,27 @@ impl Server {
 
         let drain = self.live.load().timeouts.drain;
         tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down");
-        shutdown.accepting.cancel();
+        for listener in running.listeners.values() {
+            listener.stop.cancel();
+        }
         accept_loops.close();
         accept_loops.wait().await;
         tracing::info!(
             connections = connections.len(),
             "listeners closed; draining"
         );
-        shutdown.hellos.cancel();
+        shared.shutdown.hellos.cancel();
         connections.close();
         if tokio::time::timeout(drain, connections.wait())
             .await
             .is_err()
         {
-            shutdown.splices.cancel();
+            shared.shutdown.splices.cancel();
             connections.wait().await;
         }
-        metrics_stop.cancel();
-        if let Some(task) = metrics_task {
-            let _ = task.await;
-        }
+        running.serve_metrics(None, None);
+        admin.close();
+        admin.wait().await;
         tracing::info!("stopped");
     }
 
@@ -194,13 +192,10 @@ impl Server {
     /// keeps everything as it was.
     async fn reload(&mut self, running: &mut Running<'_>) {
         let result = match config::load(&self.path) {
-            Ok(config) => match bind_listeners(&self.path, &config, &running.stops).await {
-                Ok(added) => {
-                    self.apply(&config, added, running);
-                    Ok(config)
-                }
-                Err(error) => Err(error),
-            },
+            Ok(config) => self.prepare(&config, running).await.map(|prepared| {
+                self.apply(&config, prepared, running);
+                config
+            }),
             Err(error) => Err(error),
         };
         match result {
@@ -210,12 +205,8 @@ impl Server {
                 let listeners = config
                     .listeners
                     .iter()
-                    .filter_map(|listen| {
-                        running
-                            .stops
-                            .get(&listen.address)
-                            .map(|(address, _)| *address)
-                    })
+                    .filter_map(|listen| running.listeners.get(&listen.key()))
+                    .map(|listener| listener.bound)
                     .collect();
                 self.report.send_modify(|report| {
                     report.attempts += 1;
@@ -234,30 +225,65 @@ impl Server {
         }
     }
 
-    /// Swaps in `config`: routes and limits for new connections, the connection cap, and the
-    /// listener set (`added` already bound; listeners the config no longer names stop).
-    fn apply(
-        &mut self,
+    /// Everything a reload needs that can fail, done before anything changes: settings a kept
+    /// listener can't take live are refused, new sockets are bound.
+    async fn prepare(
+        &self,
         config: &Config,
-        added: Vec<(SocketAddr, Listener)>,
-        running: &mut Running<'_>,
-    ) {
+        running: &Running<'_>,
+    ) -> Result<Prepared, ConfigError> {
+        for (index, listen) in config.listeners.iter().enumerate() {
+            if let Some(kept) = running.listeners.get(&listen.key()) {
+                if kept.reuse_port != listen.reuse_port {
+                    return Err(ConfigError {
+                        file: self.path.clone(),
+                        position: Some(listen.position),
+                        key: format!("listen[{index}].reuse_port"),
+                        message: "can't change on a running listener; restart sniroute to apply it"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        let metrics = match (&config.metrics, &running.metrics) {
+            (Some(wanted), Some(current)) if wanted.address == current.configured => None,
+            (Some(wanted), _) => Some(Some(bind(&self.path, wanted, "metrics.address").await?)),
+            (None, Some(_)) => Some(None),
+            (None, None) => None,
+        };
+        let added = bind_listeners(&self.path, config, &running.listeners).await?;
+        Ok(Prepared { added, metrics })
+    }
+
+    /// Swaps in `config`: routes and limits for new connections, the connection cap, kept
+    /// listeners' trusted PROXY sources, the listener set (new ones already bound; those the
+    /// config no longer names stop), and the metrics address.
+    fn apply(&mut self, config: &Config, prepared: Prepared, running: &mut Running<'_>) {
         self.live.store(Arc::new(Live::new(config)));
-        let wanted: Vec<SocketAddr> = config
+        let wanted: HashMap<ListenKey, &Listen> = config
             .listeners
             .iter()
-            .map(|listen| listen.address)
+            .map(|listen| (listen.key(), listen))
             .collect();
-        running.stops.retain(|configured, (address, stop)| {
-            let keep = wanted.contains(configured);
-            if !keep {
-                tracing::info!(%address, "listener closed");
-                stop.cancel();
+        running.listeners.retain(|key, listener| match wanted.get(key) {
+            Some(listen) => {
+                if **listener.context.proxy_trusted.load() != listen.proxy_trusted {
+                    tracing::info!(address = %listener.bound, "listener's trusted proxy sources changed");
+                    listener.context.proxy_trusted.store(Arc::new(listen.proxy_trusted.clone()));
+                }
+                true
             }
-            keep
+            None => {
+                tracing::info!(address = %listener.bound, "listener closed");
+                listener.stop.cancel();
+                false
+            }
         });
-        for (configured, listener) in added {
+        for (configured, listener) in prepared.added {
             running.start(self, configured, listener);
+        }
+        if let Some(metrics) = prepared.metrics {
+            running.serve_metrics(config.metrics.as_ref(), metrics);
         }
         let max = config.limits.max_connections;
         if max > self.max_connections {
@@ -266,7 +292,7 @@ impl Server {
             // Slots in use are not taken back: the cap shrinks as connections end.
             let permits = self.permits.clone();
             let fewer = (self.max_connections - max) as u32;
-            tokio::spawn(async move {
+            running.connections.spawn(async move {
                 if let Ok(taken) = permits.acquire_many_owned(fewer).await {
                     taken.forget();
                 }
@@ -276,58 +302,109 @@ impl Server {
     }
 }
 
+/// What a reload bound before applying anything.
+struct Prepared {
+    added: Vec<(ListenKey, Listener)>,
+    /// `Some`: the metrics address changes (`Some(None)`: metrics go away).
+    metrics: Option<Option<(TcpListener, SocketAddr)>>,
+}
+
+/// A listener that is accepting.
+struct RunningListener {
+    bound: SocketAddr,
+    reuse_port: bool,
+    context: Arc<ListenerContext>,
+    stop: CancellationToken,
+}
+
+/// The metrics endpoint as it runs.
+struct RunningMetrics {
+    /// The address routes.toml gives it.
+    configured: SocketAddr,
+    stop: CancellationToken,
+}
+
 /// The parts of a running server that reloads change.
 struct Running<'a> {
-    shutdown: &'a Shutdown,
+    shared: &'a Arc<Shared>,
     connections: &'a TaskTracker,
     accept_loops: &'a TaskTracker,
-    pending: &'a Arc<PendingHellos>,
-    /// Each listener's stop, by the address routes.toml gives it, with its bound address.
-    stops: HashMap<SocketAddr, (SocketAddr, CancellationToken)>,
+    admin: &'a TaskTracker,
+    /// Each listener by the (protocol, address) routes.toml gives it.
+    listeners: HashMap<ListenKey, RunningListener>,
+    metrics: Option<RunningMetrics>,
 }
 
 impl Running<'_> {
-    fn start(&mut self, server: &Server, configured: SocketAddr, listener: Listener) {
+    fn start(&mut self, server: &Server, configured: ListenKey, listener: Listener) {
         tracing::info!(address = %listener.address, "listening");
-        let stop = self.shutdown.accepting.child_token();
-        self.stops
-            .insert(configured, (listener.address, stop.clone()));
-        let shutdown = Shutdown {
-            accepting: stop,
-            ..self.shutdown.clone()
-        };
+        let stop = CancellationToken::new();
+        self.listeners.insert(
+            configured,
+            RunningListener {
+                bound: listener.address,
+                reuse_port: listener.reuse_port,
+                context: listener.context.clone(),
+                stop: stop.clone(),
+            },
+        );
         self.accept_loops.spawn(listener.run(
             server.live.clone(),
             server.permits.clone(),
-            self.pending.clone(),
+            self.shared.clone(),
             self.connections.clone(),
-            shutdown,
+            stop,
         ));
+    }
+
+    /// Stops the metrics endpoint if it runs, and serves it on `socket` if there is one.
+    fn serve_metrics(
+        &mut self,
+        listen: Option<&Listen>,
+        socket: Option<(TcpListener, SocketAddr)>,
+    ) {
+        if let Some(running) = self.metrics.take() {
+            running.stop.cancel();
+        }
+        let (Some(listen), Some((socket, address))) = (listen, socket) else {
+            return;
+        };
+        tracing::info!(%address, "serving metrics");
+        let stop = CancellationToken::new();
+        self.admin.spawn(crate::admin::serve(
+            socket,
+            series::install(),
+            self.shared.clone(),
+            self.admin.clone(),
+            stop.clone(),
+        ));
+        self.metrics = Some(RunningMetrics {
+            configured: listen.address,
+            stop,
+        });
     }
 }
 
-/// Binds the listeners of `config` that are not in `bound` already (by the address routes.toml
-/// gives them), with the address routes.toml gave each.
+/// Binds the listeners of `config` that are not in `bound` already (by the (protocol, address)
+/// routes.toml gives them).
 async fn bind_listeners<T>(
     path: &Path,
     config: &Config,
-    bound: &HashMap<SocketAddr, T>,
-) -> Result<Vec<(SocketAddr, Listener)>, ConfigError> {
+    bound: &HashMap<ListenKey, T>,
+) -> Result<Vec<(ListenKey, Listener)>, ConfigError> {
     let mut listeners = Vec::new();
     for (index, listen) in config.listeners.iter().enumerate() {
-        if bound.contains_key(&listen.address) {
+        if bound.contains_key(&listen.key()) {
             continue;
         }
         let (socket, address) = bind(path, listen, &format!("listen[{index}].address")).await?;
-        let context = Arc::new(ListenerContext {
-            proxy_trusted: listen.proxy_trusted.clone(),
-            metrics: ListenerMetrics::new(&address.to_string()),
-        });
+        let context = Arc::new(ListenerContext::new(address, listen.proxy_trusted.clone()));
         listeners.push((
-            listen.address,
+            listen.key(),
             Listener {
                 socket,
                 address,
+                reuse_port: listen.reuse_port,
                 context,
             },
         ));

@@ -146,3 +146,26 @@ async fn alpn_offers_pick_the_route_for_the_clients_preferred_protocol() {
     assert_eq!(who_answers(proxy.address, "api.test", &[]).await, "other");
     proxy.shutdown().await;
 }
+
+/// RFC 7301 bounds an ALPN list only by the hello's size, and real clients send long ones
+/// (Python's ssl with 200 protocols): a rustls client offering 200, the last one the route's,
+/// is routed by it, as HAProxy and nginx would.
+#[tokio::test]
+async fn a_hello_offering_two_hundred_alpn_protocols_is_routed_by_them() {
+    let plain = tls_backend("plain", &["many.test"]).await;
+    let h2 = tls_backend("h2", &["many.test"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[route]]\nsni = \"many.test\"\nbackend = \"{plain}\"\n\
+         [[route]]\nsni = \"many.test\"\nalpn = [\"h2\"]\nbackend = \"{h2}\"\n"
+    ))
+    .await;
+    let mut offer: Vec<String> = (0..199).map(|i| format!("x-protocol-{i}")).collect();
+    offer.push("h2".to_owned());
+    let offer: Vec<&str> = offer.iter().map(String::as_str).collect();
+    assert_eq!(who_answers(proxy.address, "many.test", &offer).await, "h2");
+    assert_eq!(
+        who_answers(proxy.address, "many.test", &offer[..199]).await,
+        "plain"
+    );
+    proxy.shutdown().await;
+}

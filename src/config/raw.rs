@@ -60,6 +60,7 @@ pub(super) struct RawLimits {
     pub max_connections: Option<Spanned<i64>>,
     pub max_client_hello: Option<Spanned<i64>>,
     pub max_pending_per_ip: Option<Spanned<i64>>,
+    pub max_pending_hello_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

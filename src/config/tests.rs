@@ -110,7 +110,7 @@ fn terminate_tables_are_checked_and_their_files_read_beside_the_config() {
     let route = format!("{LISTEN}[[route]]\nsni = \"admin.test\"\nbackend = \"127.0.0.1:1\"\n");
     let terminate = "terminate = { cert = \"admin.pem\", key = \"admin.key\", alpn = [\"h2\"] }\n";
     let config = Config::parse(&file, &format!("{route}{terminate}")).unwrap();
-    let tls = config.routes[0].terminate.as_ref().unwrap();
+    let tls = config.routes[0].target.terminate.as_ref().unwrap();
     assert_eq!(tls.files.cert, dir.path().join("admin.pem"));
     assert_eq!(tls.server.alpn_protocols, vec![b"h2".to_vec()]);
     assert!(tls.backend_tls.is_none());
@@ -161,9 +161,12 @@ fn route_names_default_to_the_pattern_and_alpn_and_must_be_unique() {
     );
     let config = parse(&text).unwrap();
     assert_eq!(config.routes[0].name, "*.tenants.test");
-    assert_eq!(config.routes[0].backend.to_string(), "backend.internal:443");
+    assert_eq!(
+        config.routes[0].target.backend.to_string(),
+        "backend.internal:443"
+    );
     assert_eq!(config.routes[1].name, "api.test/h2,http/1.1");
-    assert_eq!(config.routes[1].backend.to_string(), "[::1]:9003");
+    assert_eq!(config.routes[1].target.backend.to_string(), "[::1]:9003");
     assert_eq!(config.default.unwrap().name, DEFAULT_ROUTE_NAME);
 
     let twice = format!(

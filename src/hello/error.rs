@@ -51,12 +51,9 @@ pub enum HelloError {
     /// An ALPN protocol name of zero bytes (RFC 7301 §3.1).
     #[error("empty alpn protocol")]
     EmptyAlpnProtocol,
-    /// More extensions than [`super::MAX_EXTENSIONS`].
-    #[error("more than {} extensions", super::MAX_EXTENSIONS)]
-    TooManyExtensions,
-    /// More ALPN protocols than [`super::MAX_ALPN_PROTOCOLS`].
-    #[error("more than {} alpn protocols", super::MAX_ALPN_PROTOCOLS)]
-    TooManyAlpnProtocols,
+    /// An inner-type encrypted_client_hello in the clear (it belongs inside an outer hello).
+    #[error("inner encrypted_client_hello in the clear")]
+    EchInner,
 }
 
 impl HelloError {
@@ -72,12 +69,11 @@ impl HelloError {
             Self::EmptyRecord
             | Self::TooLarge { .. }
             | Self::Malformed(_)
-            | Self::EmptyAlpnProtocol
-            | Self::TooManyExtensions
-            | Self::TooManyAlpnProtocols => Some(TlsAlertDescription::DecodeError),
-            Self::BadServerName(_) | Self::TwoServerNames | Self::DuplicateExtension(_) => {
-                Some(TlsAlertDescription::IllegalParameter)
-            }
+            | Self::EmptyAlpnProtocol => Some(TlsAlertDescription::DecodeError),
+            Self::BadServerName(_)
+            | Self::TwoServerNames
+            | Self::DuplicateExtension(_)
+            | Self::EchInner => Some(TlsAlertDescription::IllegalParameter),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! in FoxIO-LLC/ja4): `t13d1516h2_8daaf6152771_e5627efa2ab1`. Operators use it to spot bots and
 //! scanners without decrypting anything.
 //!
-//! - a: `t` (TLS over TCP); the version (highest supported_versions entry, else legacy_version);
+//! - a: the transport (`t` for TLS over TCP, `q` for QUIC); the version (highest supported_versions entry, else legacy_version);
 //!   `d` with a server_name extension, `i` without; cipher and extension counts (two digits,
 //!   GREASE ignored, at most 99); the first and last character of the first ALPN protocol.
 //! - b: the first 12 hex digits of the SHA-256 of the sorted cipher suites.
@@ -48,11 +48,23 @@ fn is_grease(value: u16) -> bool {
     value & 0x0f0f == 0x0a0a && value >> 8 == value & 0xff
 }
 
+/// What carried the hello: JA4's first character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TLS records over TCP (`t`).
+    Tcp,
+    /// CRYPTO frames in QUIC Initial packets (`q`).
+    Quic,
+}
+
 impl ClientHello {
-    /// This hello's JA4 fingerprint.
-    pub fn ja4(&self) -> Ja4 {
+    /// This hello's JA4 fingerprint, as carried by `transport`.
+    pub fn ja4(&self, transport: Transport) -> Ja4 {
         let mut out = [b'0'; LEN];
-        out[0] = b't';
+        out[0] = match transport {
+            Transport::Tcp => b't',
+            Transport::Quic => b'q',
+        };
         let version = self
             .supported_versions
             .iter()
@@ -191,13 +203,13 @@ mod tests {
     #[test]
     fn the_published_example_gives_the_published_fingerprint() {
         assert_eq!(
-            spec_example().ja4().as_str(),
+            spec_example().ja4(Transport::Tcp).as_str(),
             "t13d1516h2_8daaf6152771_e5627efa2ab1"
         );
         let mut no_signatures = spec_example();
         no_signatures.signature_algorithms.clear();
         assert_eq!(
-            no_signatures.ja4().as_str(),
+            no_signatures.ja4(Transport::Tcp).as_str(),
             "t13d1516h2_8daaf6152771_6d807ffa2a79"
         );
     }
@@ -208,12 +220,18 @@ mod tests {
         greased.cipher_suites.insert(0, 0x2a2a);
         greased.extensions.insert(3, 0xdada);
         greased.supported_versions.insert(0, 0x7a7a);
-        assert_eq!(greased.ja4(), spec_example().ja4());
+        assert_eq!(
+            greased.ja4(Transport::Tcp),
+            spec_example().ja4(Transport::Tcp)
+        );
         let bare = ClientHello {
             legacy_version: 0x0301,
             ..ClientHello::default()
         };
-        assert_eq!(bare.ja4().as_str(), "t10i000000_000000000000_000000000000");
+        assert_eq!(
+            bare.ja4(Transport::Tcp).as_str(),
+            "t10i000000_000000000000_000000000000"
+        );
     }
 
     #[test]

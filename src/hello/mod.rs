@@ -1,39 +1,36 @@
-//! The ClientHello peeker: feed it the bytes a client has sent so far and it answers "need more",
+//! The ClientHello peeker, in layers: the TLS record layer (`records.rs`) hands each record's
+//! fragment to the handshake layer (`handshake.rs`, an assembler fed `(offset, bytes)` that QUIC's
+//! CRYPTO frames will feed too), whose complete message goes to the ClientHello parser
+//! (`parse.rs`, tls-parser underneath); `ja4.rs` fingerprints the result, the transport a
+//! parameter. Feed the peeker the bytes a client has sent so far and it answers "need more",
 //! "here is the hello" or "reject".
 //!
 //! Pure: no I/O, no tokio, no clock (the caller owns the deadline). It reassembles the handshake
 //! message across any TCP segmentation and across several TLS records (RFC 8446 §5.1 lets a
 //! handshake message span records), refuses what is not a TLS handshake from the first bytes of
-//! the record header, never looks past `limit` bytes, and hands the complete message to
-//! tls-parser ([`parse`]). It does not copy the stream: the caller keeps the bytes (to forward
-//! them unchanged) and passes the whole stream received so far on every call.
+//! the record header, and never looks past `limit` bytes. It does not copy the stream while the
+//! hello sits in one record (the usual case): the caller keeps the bytes (to forward them
+//! unchanged) and passes the whole stream received so far on every call.
 
 mod error;
+mod handshake;
 mod ja4;
 mod parse;
+mod records;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod synth;
 
 use std::fmt;
 use std::ops::Range;
 
 pub use error::{alert_name, HelloError};
-pub use ja4::Ja4;
+pub use handshake::HandshakeAssembler;
+pub use ja4::{Ja4, Transport};
+pub use parse::Ech;
+use records::RecordReader;
 
 use crate::name::ServerName;
-
-/// TLS record header: content type, legacy version, length (RFC 8446 §5.1).
-const RECORD_HEADER_LEN: usize = 5;
-/// Handshake header: message type and a 24-bit length (RFC 8446 §4).
-const HANDSHAKE_HEADER_LEN: usize = 4;
-/// Largest plaintext record (RFC 8446 §5.1).
-const MAX_RECORD_LEN: usize = 1 << 14;
-const CONTENT_TYPE_HANDSHAKE: u8 = 22;
-const HANDSHAKE_CLIENT_HELLO: u8 = 1;
-
-/// Most extensions accepted in one hello. Browsers send about 20 (GREASE included).
-pub const MAX_EXTENSIONS: usize = 64;
-/// Most ALPN protocols accepted in one hello. Browsers send 2 or 3.
-pub const MAX_ALPN_PROTOCOLS: usize = 32;
 
 /// What one call to [`Peeker::feed`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,18 +43,16 @@ pub enum Progress {
     Reject(HelloError),
 }
 
-/// Incremental ClientHello reader for one connection.
+/// Incremental ClientHello reader for one TCP connection.
 #[derive(Debug)]
 pub struct Peeker {
     limit: usize,
-    /// Stream offset of the next record header not yet read.
-    next_record: usize,
-    records: usize,
+    records: RecordReader,
     /// Where the first record's fragment lies in the stream: while the hello sits in one record
-    /// (the usual case) it is parsed in place.
+    /// it is parsed in place.
     first_fragment: Range<usize>,
     /// The handshake bytes gathered so far, once a second record is needed.
-    gathered: Vec<u8>,
+    assembler: Option<HandshakeAssembler>,
 }
 
 impl Peeker {
@@ -66,10 +61,9 @@ impl Peeker {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
-            next_record: 0,
-            records: 0,
+            records: RecordReader::new(limit),
             first_fragment: 0..0,
-            gathered: Vec::new(),
+            assembler: None,
         }
     }
 
@@ -79,114 +73,46 @@ impl Peeker {
     /// After [`Progress::Hello`] or [`Progress::Reject`] the peeker is spent; the stream bytes
     /// past the hello (early data, say) are the caller's to forward.
     pub fn feed(&mut self, stream: &[u8]) -> Progress {
-        loop {
-            // Another record is needed; if even a one-byte record would pass the limit, the hello
-            // can't complete within it, whatever comes next.
-            if self.next_record + RECORD_HEADER_LEN + 1 > self.limit {
-                return Progress::Reject(HelloError::TooLarge { limit: self.limit });
-            }
-            let rest = stream.get(self.next_record..).unwrap_or_default();
-            if let Err(error) = check_record_start(rest, self.records == 0) {
-                return Progress::Reject(error);
-            }
-            let Some(header) = rest.first_chunk::<RECORD_HEADER_LEN>() else {
-                return Progress::NeedMore;
-            };
-            let length = u16::from_be_bytes([header[3], header[4]]);
-            if usize::from(length) > MAX_RECORD_LEN {
-                return Progress::Reject(HelloError::RecordOverflow(length));
-            }
-            if length == 0 {
-                return Progress::Reject(HelloError::EmptyRecord);
-            }
-            let record_end = self.next_record + RECORD_HEADER_LEN + usize::from(length);
-            if record_end > self.limit {
-                return Progress::Reject(HelloError::TooLarge { limit: self.limit });
-            }
-            if stream.len() < record_end {
-                return Progress::NeedMore;
-            }
-            let fragment = self.next_record + RECORD_HEADER_LEN..record_end;
-            self.next_record = record_end;
-            self.records += 1;
-            match self.records {
-                1 => self.first_fragment = fragment,
-                2 => {
-                    self.gathered
-                        .extend_from_slice(&stream[self.first_fragment.clone()]);
-                    self.gathered.extend_from_slice(&stream[fragment]);
-                }
-                _ => self.gathered.extend_from_slice(&stream[fragment]),
-            }
-            let handshake = if self.records == 1 {
-                &stream[self.first_fragment.clone()]
-            } else {
-                &self.gathered[..]
-            };
-            if handshake[0] != HANDSHAKE_CLIENT_HELLO {
-                return Progress::Reject(HelloError::NotClientHello(handshake[0]));
-            }
-            let Some(header) = handshake.first_chunk::<HANDSHAKE_HEADER_LEN>() else {
-                continue;
-            };
-            let message_len = HANDSHAKE_HEADER_LEN
-                + u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-            // Each further record costs a header too, so this bound is never too strict.
-            if message_len > self.limit {
-                return Progress::Reject(HelloError::TooLarge { limit: self.limit });
-            }
-            if handshake.len() >= message_len {
-                let wire_len = self.next_record;
-                return match parse::client_hello(&handshake[..message_len]) {
-                    Ok(mut hello) => {
-                        hello.records = self.records;
-                        hello.wire_len = wire_len;
-                        Progress::Hello(hello)
-                    }
-                    Err(error) => Progress::Reject(error),
-                };
-            }
+        match self.read(stream) {
+            Ok(Some(hello)) => Progress::Hello(hello),
+            Ok(None) => Progress::NeedMore,
+            Err(error) => Progress::Reject(error),
         }
     }
-}
 
-/// Refuses, from as few bytes as possible, a record that can't start (or continue) a hello:
-/// plain text and SSLv2 at the first byte or three, other content types at once.
-///
-/// Each verdict waits for exactly the bytes that settle it, and they are checked in one order,
-/// so the answer never depends on how the stream was cut (the fuzzer's chunking oracle).
-fn check_record_start(rest: &[u8], first: bool) -> Result<(), HelloError> {
-    let Some(&content_type) = rest.first() else {
-        return Ok(());
-    };
-    if !first {
-        if content_type != CONTENT_TYPE_HANDSHAKE {
-            return Err(HelloError::UnexpectedContentType(content_type));
+    fn read(&mut self, stream: &[u8]) -> Result<Option<ClientHello>, HelloError> {
+        while let Some(fragment) = self.records.next(stream)? {
+            let message = match (self.records.count(), &mut self.assembler) {
+                (1, _) => {
+                    self.first_fragment = fragment;
+                    let first = &stream[self.first_fragment.clone()];
+                    // Each further record costs a header too, so this bound is never too strict.
+                    match handshake::message_len(first, self.limit)? {
+                        Some(len) if first.len() >= len => Some(&first[..len]),
+                        _ => None,
+                    }
+                }
+                (_, assembler) => {
+                    let assembler = assembler.get_or_insert_with(|| {
+                        let mut assembler = HandshakeAssembler::new(self.limit);
+                        // The first fragment is within the limit: it was checked as it came.
+                        let _ = assembler.add(0, &stream[self.first_fragment.clone()]);
+                        assembler
+                    });
+                    // Records carry the handshake stream in order, end to end.
+                    let offset = assembler.received_len();
+                    assembler.add(offset, &stream[fragment])?;
+                    assembler.message()?
+                }
+            };
+            if let Some(message) = message {
+                let mut hello = parse::client_hello(message)?;
+                hello.records = self.records.count();
+                hello.wire_len = self.records.consumed();
+                return Ok(Some(hello));
+            }
         }
-        // Every TLS record version has major version 3 (RFC 8446 §5.1 legacy_record_version).
-        return match rest.get(1) {
-            Some(3) | None => Ok(()),
-            Some(_) => Err(HelloError::Malformed("record version")),
-        };
-    }
-    if content_type & 0x80 != 0 {
-        // An SSLv2 record header has the top bit set and a message type of 1 (CLIENT-HELLO)
-        // in its third byte; no TLS content type has the top bit set.
-        return match rest.get(2) {
-            Some(1) => Err(HelloError::Sslv2),
-            Some(_) => Err(HelloError::NotTls),
-            None => Ok(()),
-        };
-    }
-    if !(20..=24).contains(&content_type) {
-        return Err(HelloError::NotTls);
-    }
-    // A TLS content type followed by major version 3 is TLS; anything else is not.
-    match rest.get(1) {
-        None => Ok(()),
-        Some(3) if content_type == CONTENT_TYPE_HANDSHAKE => Ok(()),
-        Some(3) => Err(HelloError::UnexpectedContentType(content_type)),
-        Some(_) => Err(HelloError::NotTls),
+        Ok(None)
     }
 }
 
@@ -197,6 +123,8 @@ pub struct ClientHello {
     pub server_name: Option<ServerName>,
     /// The protocols offered in application_layer_protocol_negotiation (RFC 7301), in order.
     pub alpn: Alpn,
+    /// Whether the hello carries an encrypted_client_hello extension, and which kind.
+    pub ech: Ech,
     /// `legacy_version` from the hello body.
     pub legacy_version: u16,
     /// supported_versions (RFC 8446 §4.2.1), in order, GREASE included.

@@ -11,7 +11,7 @@ use tls_parser::nom::number::complete::{be_u16, be_u8};
 use tls_parser::nom::IResult;
 use tls_parser::parse_tls_handshake_client_hello;
 
-use super::{Alpn, ClientHello, HelloError, MAX_ALPN_PROTOCOLS, MAX_EXTENSIONS};
+use super::{Alpn, ClientHello, HelloError};
 use crate::name::ServerName;
 
 const EXTENSION_SERVER_NAME: u16 = 0;
@@ -19,6 +19,31 @@ const EXTENSION_SUPPORTED_GROUPS: u16 = 10;
 const EXTENSION_SIGNATURE_ALGORITHMS: u16 = 13;
 const EXTENSION_ALPN: u16 = 16;
 const EXTENSION_SUPPORTED_VERSIONS: u16 = 43;
+/// encrypted_client_hello (draft-ietf-tls-esni, RFC 9849 once published).
+const EXTENSION_ECH: u16 = 0xfe0d;
+const ECH_OUTER: u8 = 0;
+const ECH_INNER: u8 = 1;
+
+/// What a hello says about Encrypted Client Hello. sniroute holds no ECH keys: it routes an
+/// outer hello on its outer (public) name, as any client-facing server without the keys must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ech {
+    /// No encrypted_client_hello extension.
+    #[default]
+    None,
+    /// An outer ClientHello: the real name is encrypted inside; the SNI is the public name.
+    Outer,
+}
+
+impl Ech {
+    /// The access log's `ech` field: `outer` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Outer => "outer",
+        }
+    }
+}
 const SERVER_NAME_TYPE_HOST_NAME: u8 = 0;
 
 /// Parses `message`: a whole handshake message (4-byte header included) of type ClientHello.
@@ -44,9 +69,6 @@ pub(super) fn client_hello(message: &[u8]) -> Result<ClientHello, HelloError> {
         let (rest, (extension_type, data)) =
             extension(extensions).map_err(|_| HelloError::Malformed("extension header"))?;
         extensions = rest;
-        if hello.extensions.len() == MAX_EXTENSIONS {
-            return Err(HelloError::TooManyExtensions);
-        }
         hello.extensions.push(extension_type);
         match extension_type {
             EXTENSION_SERVER_NAME => {
@@ -60,6 +82,12 @@ pub(super) fn client_hello(message: &[u8]) -> Result<ClientHello, HelloError> {
                     return Err(HelloError::DuplicateExtension(extension_type));
                 }
                 hello.alpn = alpn(data)?;
+            }
+            EXTENSION_ECH => {
+                if hello.ech != Ech::None {
+                    return Err(HelloError::DuplicateExtension(extension_type));
+                }
+                hello.ech = ech(data)?;
             }
             EXTENSION_SUPPORTED_VERSIONS => {
                 hello.supported_versions = u16_list(data, ListLength::U8, "supported_versions")?;
@@ -139,8 +167,8 @@ fn alpn(data: &[u8]) -> Result<Alpn, HelloError> {
     if list.is_empty() {
         return Err(HelloError::Malformed("empty alpn list"));
     }
+    // However many protocols: the list is kept as one allocation, bounded by the hello's size.
     let mut rest = list;
-    let mut count = 0;
     while let Some((&len, tail)) = rest.split_first() {
         if len == 0 {
             return Err(HelloError::EmptyAlpnProtocol);
@@ -148,12 +176,19 @@ fn alpn(data: &[u8]) -> Result<Alpn, HelloError> {
         rest = tail
             .get(usize::from(len)..)
             .ok_or(HelloError::Malformed("alpn protocol length"))?;
-        count += 1;
-        if count > MAX_ALPN_PROTOCOLS {
-            return Err(HelloError::TooManyAlpnProtocols);
-        }
     }
     Ok(Alpn::from_checked(list))
+}
+
+/// encrypted_client_hello: its first byte says outer (0) or inner (1). An inner hello belongs
+/// inside an outer one's encrypted payload and never on the wire in the clear: refused with
+/// illegal_parameter, as rustls does.
+fn ech(data: &[u8]) -> Result<Ech, HelloError> {
+    match data.first() {
+        Some(&ECH_OUTER) => Ok(Ech::Outer),
+        Some(&ECH_INNER) => Err(HelloError::EchInner),
+        _ => Err(HelloError::Malformed("encrypted_client_hello type")),
+    }
 }
 
 enum ListLength {

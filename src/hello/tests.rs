@@ -143,7 +143,9 @@ fn captured_hellos_have_their_ja4() {
     assert_eq!(expected.len(), CAPTURES.len());
     for (file, ja4) in expected {
         assert_eq!(
-            hello(feed_whole(&capture(file))).ja4().as_str(),
+            hello(feed_whole(&capture(file)))
+                .ja4(Transport::Tcp)
+                .as_str(),
             ja4,
             "{file}"
         );
@@ -404,25 +406,51 @@ fn alpn_faults_are_refused() {
         rejection(&empty_list),
         HelloError::Malformed("empty alpn list")
     );
-    let many: Vec<String> = (0..=MAX_ALPN_PROTOCOLS).map(|i| format!("p{i}")).collect();
-    let too_many = ClientHelloBuilder::new().alpn(&many).record();
-    assert_eq!(rejection(&too_many), HelloError::TooManyAlpnProtocols);
-    let bound = ClientHelloBuilder::new()
-        .alpn(&many[..MAX_ALPN_PROTOCOLS])
-        .record();
-    assert_eq!(
-        hello(feed_whole(&bound)).alpn.iter().count(),
-        MAX_ALPN_PROTOCOLS
-    );
+}
+
+/// RFC 7301 and 8446 bound ALPN lists and extensions only by the hello's size, and real clients
+/// (Python's ssl with 200 protocols) send long lists: within `max_client_hello`, all are read.
+#[test]
+fn long_alpn_lists_and_many_extensions_are_routed() {
+    let many: Vec<String> = (0..200).map(|i| format!("protocol-{i}")).collect();
+    let long = ClientHelloBuilder::new().alpn(&many).record();
+    assert!(long.len() > 2000);
+    let hello = hello_of(&long);
+    assert_eq!(hello.alpn.iter().count(), 200);
+    assert_eq!(hello.alpn.iter().last(), Some(&b"protocol-199"[..]));
+    let mut builder = ClientHelloBuilder::new().server_name("many.test");
+    for extension_type in 0..300u16 {
+        builder = builder.extension(0xf000 + extension_type, []);
+    }
+    let hello = hello_of(&builder.record());
+    assert!(hello.extensions.contains(&(0xf000 + 299)));
+    assert_eq!(hello.server_name.unwrap().as_str(), "many.test");
 }
 
 #[test]
-fn too_many_extensions_are_refused() {
-    let mut builder = ClientHelloBuilder::new();
-    for extension_type in 0..MAX_EXTENSIONS as u16 {
-        builder = builder.extension(0xff00 + extension_type, []);
-    }
-    assert_eq!(rejection(&builder.record()), HelloError::TooManyExtensions);
+fn an_outer_ech_hello_routes_on_its_public_name_and_an_inner_one_is_refused() {
+    let outer = ClientHelloBuilder::new()
+        .server_name("public.test")
+        .extension(0xfe0d, [0, 0, 1, 0, 1, 7])
+        .record();
+    let hello = hello_of(&outer);
+    assert_eq!(hello.ech, Ech::Outer);
+    assert_eq!(hello.server_name.unwrap().as_str(), "public.test");
+    let inner = ClientHelloBuilder::new()
+        .server_name("secret.test")
+        .extension(0xfe0d, [1])
+        .record();
+    assert_eq!(rejection(&inner), HelloError::EchInner);
+    assert_eq!(
+        HelloError::EchInner.alert(),
+        Some(TlsAlertDescription::IllegalParameter)
+    );
+    let plain = ClientHelloBuilder::new().server_name("a.test").record();
+    assert_eq!(hello_of(&plain).ech, Ech::None);
+}
+
+fn hello_of(record: &[u8]) -> ClientHello {
+    hello(feed_whole(record))
 }
 
 /// A hello whose extension block length overruns the message must not read as a hello without

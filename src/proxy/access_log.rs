@@ -1,16 +1,48 @@
-//! The access log: one line per connection, written when the connection's guard drops, so every
-//! exit path (a cancelled task included) logs exactly once. Target `sniroute::access`, INFO.
-//! The same guard records the connection's end in the route's series.
+//! The access log: one line per connection, written when the connection's record drops, so
+//! every exit path (a cancelled task included) logs exactly once. Target `sniroute::access`,
+//! INFO. The same drop records the connection's end in the route's series.
+//!
+//! The record is filled by the connection's driver from what each phase returns; the phases
+//! themselves never see it.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use tokio::time::Instant;
 
+use super::connect::ConnectError;
+use super::sniff::SniffError;
+use super::tls::TlsError;
 use super::{Outcome, Side};
 use crate::config::{Route, NO_ROUTE_NAME};
-use crate::hello::{Alpn, Ja4};
+use crate::hello::{Alpn, ClientHello, Ech, Ja4, Transport};
 use crate::metrics::RouteMetrics;
 use crate::name::ServerName;
+
+/// Why a connection ended the way it did, beyond its outcome: the phase's error, for the log's
+/// `cause` field. Small and `Copy`; formatted only when the line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// Nothing to add.
+    None,
+    /// The sniff phase's error.
+    Sniff(SniffError),
+    /// The connect phase's error.
+    Connect(ConnectError),
+    /// The TLS handshake's error (terminate routes).
+    Tls(TlsError),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => formatter.write_str("-"),
+            Self::Sniff(error) => error.fmt(formatter),
+            Self::Connect(error) => error.fmt(formatter),
+            Self::Tls(error) => error.fmt(formatter),
+        }
+    }
+}
 
 /// What is known of one connection so far; logged on drop.
 #[derive(Debug)]
@@ -18,19 +50,21 @@ pub(super) struct AccessLog<'a> {
     start: Instant,
     /// The client's address: the socket's, or a trusted PROXY header's source.
     pub(super) client: SocketAddr,
-    pub(super) server_name: Option<ServerName>,
-    pub(super) alpn: Alpn,
+    server_name: Option<ServerName>,
+    alpn: Alpn,
+    ech: Ech,
+    ja4: Option<Ja4>,
     /// Terminate routes: the protocol negotiated with the client.
     pub(super) negotiated: Option<&'a [u8]>,
-    pub(super) ja4: Option<Ja4>,
     pub(super) route: Option<&'a Route>,
     /// The series the connection's end is counted in: its route's, or `route="none"`.
     pub(super) metrics: &'a RouteMetrics,
     pub(super) backend: Option<SocketAddr>,
     pub(super) to_backend: u64,
     pub(super) to_client: u64,
-    /// How it ended; a guard dropped before anyone says is a task cancelled by shutdown.
-    pub(super) outcome: (Outcome, Side),
+    /// How it ended; a record dropped before anyone says is a task cancelled by shutdown.
+    outcome: (Outcome, Side),
+    cause: Cause,
 }
 
 impl<'a> AccessLog<'a> {
@@ -40,20 +74,41 @@ impl<'a> AccessLog<'a> {
             client,
             server_name: None,
             alpn: Alpn::default(),
-            negotiated: None,
+            ech: Ech::None,
             ja4: None,
+            negotiated: None,
             route: None,
             metrics: unmatched,
             backend: None,
             to_backend: 0,
             to_client: 0,
             outcome: (Outcome::Drained, Side::Internal),
+            cause: Cause::None,
         }
     }
 
     /// Time since accept.
     pub(super) fn elapsed(&self) -> std::time::Duration {
         self.start.elapsed()
+    }
+
+    /// Keeps what the log line needs of `hello`.
+    pub(super) fn hello(&mut self, hello: &mut ClientHello) {
+        self.ja4 = Some(hello.ja4(Transport::Tcp));
+        self.ech = hello.ech;
+        self.server_name = hello.server_name.take();
+        self.alpn = std::mem::take(&mut hello.alpn);
+    }
+
+    /// The client's offered name and protocols, for routing.
+    pub(super) fn offer(&self) -> (Option<&ServerName>, &Alpn) {
+        (self.server_name.as_ref(), &self.alpn)
+    }
+
+    /// How the connection ended.
+    pub(super) fn end(&mut self, outcome: Outcome, side: Side, cause: Cause) {
+        self.outcome = (outcome, side);
+        self.cause = cause;
     }
 }
 
@@ -86,6 +141,7 @@ impl Drop for AccessLog<'_> {
             client.addr = %self.client,
             alpn = alpn,
             alpn.negotiated = %negotiated,
+            ech = self.ech.as_str(),
             route = route,
             backend.addr = backend,
             bytes.to_backend = self.to_backend,
@@ -93,6 +149,7 @@ impl Drop for AccessLog<'_> {
             duration_ms = elapsed.as_millis() as u64,
             outcome = outcome.as_str(),
             side = %side,
+            cause = %self.cause,
             ja4 = ja4,
             "connection closed"
         );

@@ -1,37 +1,44 @@
-//! The data path: accept, read the ClientHello, route, connect, replay, splice.
+//! The data path, one file per phase of a connection's life, read top to bottom:
+//!
+//! ```text
+//! context.rs     what a connection needs from its listener and the server (shutdown stages,
+//!                pending-hello counts and budget, trusted PROXY sources, series)
+//! accept.rs      the accept loop: connection cap, accept errors, one tracked task each
+//! connection.rs  one connection's life: sniff → route → connect → relay, or terminate
+//! sniff.rs       ClientStream: PROXY header and ClientHello in, Sniffed or SniffError out
+//! connect.rs     dial the backend, send the PROXY header; ConnectError
+//! tls.rs         terminate routes: rustls handshakes with the client and the backend
+//! relay.rs       userspace copy both ways, idle timer, half-close
+//! splice.rs      Linux zero-copy: splice(2) through pooled pipes
+//! alert.rs       a fatal alert, then a lingering close
+//! access_log.rs  the one line per connection, and its end in the route's series
+//! ```
 //!
 //! Per connection (SPEC "Behaviour on the wire"): the hello is read under the `client_hello`
 //! deadline into one buffer, which is written to the backend unchanged and then dropped; bytes
 //! are then copied both ways, half-close passed on, until both directions end or the connection
 //! idles out. Every exit path ends in one [`Outcome`] and one access-log line.
 
+mod accept;
 mod access_log;
 mod alert;
-mod conn;
-mod handshake;
-mod listener;
-mod splice;
+mod connect;
+mod connection;
+mod context;
+mod relay;
+mod sniff;
 #[cfg(target_os = "linux")]
-mod zero_copy;
+mod splice;
+mod tls;
 
-pub use listener::{Listener, ListenerContext, PendingHellos, Shutdown};
+pub(crate) use accept::AcceptErrors;
+pub use accept::Listener;
+pub use context::{HelloBudget, ListenerContext, PendingHellos, Shared, Shutdown};
 
 use crate::config::{Config, Limits, Timeouts};
-use crate::hello::HelloError;
 use crate::metrics::ConnectionMetrics;
 pub use crate::outcome::{Outcome, Side};
 use crate::route::RouteTable;
-
-impl From<&HelloError> for Outcome {
-    fn from(error: &HelloError) -> Self {
-        match error {
-            HelloError::NotTls => Self::NotTls,
-            HelloError::Sslv2 => Self::Sslv2,
-            HelloError::TooLarge { .. } => Self::HelloTooLarge,
-            _ => Self::BadHello,
-        }
-    }
-}
 
 /// What connections accepted now use: the route table and the limits of one config.
 /// Swapped whole on reload; a connection keeps the one it was accepted with.

@@ -1,295 +1,588 @@
-//! Copying bytes both ways once the hello is forwarded, counting them and timing idleness.
+//! Linux: copying both ways with splice(2), socket → pipe → socket, so bytes never enter user
+//! space, and no buffer is held by an idle connection.
 //!
-//! `copy_bidirectional_with_sizes` shuts down the write half of one side when the other side's
-//! read hits EOF and keeps the other direction flowing: the SPEC's half-close. Byte counts live
-//! in a thin wrapper around each stream so they survive errors and timeouts. One idle timer per
-//! connection: each read or write stamps the time, and the timer, when it fires, sleeps again
-//! until the last stamp plus the idle limit (no timeout per read).
+//! Pipes come from a per-thread pool only while a burst of data is in flight: a direction takes a
+//! pipe when its socket turns readable, moves what the socket has into it, drains the pipe into
+//! the other socket **completely**, and repeats until the source would block; then the empty pipe
+//! goes back to the pool. An idle connection therefore holds no pipe and no buffer, only its two
+//! sockets. A pipe left holding data by an error is closed, never pooled.
+//!
+//! The trap this order avoids: splice from a socket into a pipe says EAGAIN both when the socket
+//! is empty and when the pipe is full. The pipe is always empty when the socket is read, so
+//! EAGAIN there can only mean the socket is empty, and the task waits for it to be readable.
+//!
+//! Half-close as in `relay.rs`: EOF one way shuts down the other side's write half while the
+//! other direction keeps flowing.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use rustix::net::Shutdown;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
-use super::{Outcome, Side};
+use super::relay::Activity;
+use super::Side;
 
-/// Bytes buffered per direction while splicing: one maximum-size TLS record.
-const COPY_BUFFER: usize = 16 * 1024;
+/// Bytes one pipe holds: Linux's default, 16 pages.
+const PIPE_CAPACITY: usize = 64 * 1024;
+/// Empty pipes each runtime thread keeps for reuse; more are closed when returned.
+const POOLED_PER_THREAD: usize = 64;
+/// Pipes open at once in the process, in flight or pooled. Past it, a direction copies its burst
+/// through a small heap buffer instead, so a storm of busy connections can't exhaust descriptors.
+const MAX_PIPES: usize = 8192;
+/// The heap buffer a burst goes through at [`MAX_PIPES`], freed when the burst is sent.
+const FALLBACK_BUFFER: usize = 16 * 1024;
 
-/// What both directions of one connection share: when a byte last moved, and which side
-/// closed or failed first.
+/// Pipes open in the process (pooled or in use).
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Pipes taken on this thread minus pipes returned or closed on it (exact on a
+    /// current-thread runtime; tests use it to see that idle connections hold none).
+    static IN_USE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts pipes taken (`1`) and returned or closed (`-1`) for the tests; nothing otherwise.
+fn count_in_use(_delta: isize) {
+    #[cfg(test)]
+    IN_USE.with(|in_use| in_use.set(in_use.get() + _delta));
+}
+
+/// A pipe's two ends, both non-blocking; counted in [`PIPES`] while open. Dropped, it closes
+/// itself with whatever it holds; only [`Pipe::give_back`] (called when it is empty) pools it.
+/// So no exit path (an error, the idle timer, drain, a reset) can leak a pipe or its count.
 #[derive(Debug)]
-pub(super) struct Activity {
-    start: Instant,
-    /// Nanoseconds after `start` of the last read or write that moved bytes.
-    last: AtomicU64,
-    /// The side whose read ended first (EOF or error), as [`side_code`].
-    first_closed: AtomicU8,
-    /// The side whose read or write failed first, as [`side_code`].
-    first_failed: AtomicU8,
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Taken by a direction (not pooled): for the tests' count of pipes in use.
+    in_use: bool,
 }
 
-impl Activity {
-    pub(super) fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-            first_closed: AtomicU8::new(0),
-            first_failed: AtomicU8::new(0),
-        }
-    }
-
-    /// Bytes moved just now.
-    pub(super) fn touch(&self) {
-        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.store(nanos, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed))
-    }
-
-    /// `side`'s read ended (EOF or error); the first such side is who closed.
-    pub(super) fn closed(&self, side: Side) {
-        Self::record(&self.first_closed, side);
-    }
-
-    /// A read or write on `side` failed; the first such side is to blame.
-    pub(super) fn failed(&self, side: Side) {
-        Self::record(&self.first_failed, side);
-        Self::record(&self.first_closed, side);
-    }
-
-    fn record(slot: &AtomicU8, side: Side) {
-        let _ = slot.compare_exchange(0, side_code(side), Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    fn side(slot: &AtomicU8) -> Side {
-        match slot.load(Ordering::Relaxed) {
-            1 => Side::Client,
-            2 => Side::Backend,
-            _ => Side::Internal,
-        }
-    }
-}
-
-fn side_code(side: Side) -> u8 {
-    match side {
-        Side::Client => 1,
-        Side::Backend => 2,
-        Side::Internal => 3,
-    }
-}
-
-/// A stream that counts the bytes written into it and stamps [`Activity`].
-#[derive(Debug)]
-pub(super) struct Counted<'a, S> {
-    inner: S,
-    side: Side,
-    activity: &'a Activity,
-    /// Bytes written into this stream so far.
-    pub(super) written: u64,
-}
-
-impl<'a, S> Counted<'a, S> {
-    pub(super) fn new(inner: S, side: Side, activity: &'a Activity) -> Self {
-        Self {
-            inner,
-            side,
-            activity,
-            written: 0,
-        }
-    }
-
-    fn note<T>(&self, result: &io::Result<T>) {
-        if result.is_err() {
-            self.activity.failed(self.side);
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = ready!(Pin::new(&mut self.inner).poll_read(context, buf));
-        self.note(&result);
-        if result.is_ok() {
-            if buf.filled().len() > before {
-                self.activity.touch();
-            } else {
-                self.activity.closed(self.side);
-            }
-        }
-        Poll::Ready(result)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = ready!(Pin::new(&mut self.inner).poll_write(context, buf));
-        self.note(&result);
-        if let Ok(written) = result {
-            self.written += written as u64;
-            self.activity.touch();
-        }
-        Poll::Ready(result)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = ready!(Pin::new(&mut self.inner).poll_flush(context));
-        self.note(&result);
-        Poll::Ready(result)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = ready!(Pin::new(&mut self.inner).poll_shutdown(context));
-        self.note(&result);
-        Poll::Ready(result)
-    }
-}
-
-/// Copies both ways until both directions are done, the connection idles for `idle`, or
-/// `cancel` fires; says how it ended and which side ended it.
-pub(super) async fn splice<C, B>(
-    client: &mut Counted<'_, C>,
-    backend: &mut Counted<'_, B>,
-    activity: &Activity,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> (Outcome, Side)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let copy = std::pin::pin!(async {
-        tokio::io::copy_bidirectional_with_sizes(client, backend, COPY_BUFFER, COPY_BUFFER)
-            .await
-            .map(|_| ())
-    });
-    supervise(copy, activity, idle, cancel).await
-}
-
-/// Runs `copy` (both directions of one connection) under the idle timer and `cancel`; says how
-/// it ended and which side ended it. `copy` is pinned by the caller and borrowed, not moved in:
-/// a moved future would take room twice in the connection's task (argument and pinned local).
-pub(super) async fn supervise(
-    mut copy: Pin<&mut impl Future<Output = io::Result<()>>>,
-    activity: &Activity,
-    idle: Duration,
-    cancel: &CancellationToken,
-) -> (Outcome, Side) {
-    let timer = tokio::time::sleep(idle);
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            result = copy.as_mut() => {
-                return match result {
-                    Ok(()) => (Outcome::Ok, Activity::side(&activity.first_closed)),
-                    Err(_) => (Outcome::Reset, Activity::side(&activity.first_failed)),
-                };
-            }
-            () = &mut timer => {
-                let deadline = activity.last() + idle;
-                if deadline <= Instant::now() {
-                    return (Outcome::IdleTimeout, Side::Internal);
+impl Pipe {
+    /// An empty pipe from this thread's pool, or a new one; `None` at [`MAX_PIPES`] or when the
+    /// process is out of descriptors.
+    fn take() -> Option<Self> {
+        let mut pipe = match POOL.with(|pool| pool.borrow_mut().pop()) {
+            Some(pipe) => pipe,
+            None => {
+                if PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+                    PIPES.fetch_sub(1, Ordering::Relaxed);
+                    return None;
                 }
-                timer.as_mut().reset(deadline);
+                match rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
+                    Ok((read, write)) => Self {
+                        read,
+                        write,
+                        in_use: false,
+                    },
+                    Err(_) => {
+                        PIPES.fetch_sub(1, Ordering::Relaxed);
+                        return None;
+                    }
+                }
             }
-            () = cancel.cancelled() => return (Outcome::Drained, Side::Internal),
+        };
+        pipe.in_use = true;
+        count_in_use(1);
+        Some(pipe)
+    }
+
+    /// Back to this thread's pool (or closed, when the pool is full); only ever called with the
+    /// pipe empty.
+    fn give_back(mut self) {
+        self.in_use = false;
+        count_in_use(-1);
+        POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < POOLED_PER_THREAD {
+                pool.push(self);
+            }
+        });
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if self.in_use {
+            count_in_use(-1);
         }
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Byte counts that survive the copy being dropped (idle timeout, drain).
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) to_backend: AtomicU64,
+    pub(super) to_client: AtomicU64,
+}
+
+/// Copies both ways between `client` and `backend` until both directions have ended; the first
+/// error ends both. Hand-written over the sockets' own readiness (`poll_read_ready`,
+/// `poll_write_ready`) rather than as two async blocks: it holds no readiness futures, so an
+/// idle connection's task stays small.
+pub(super) fn copy_both_ways<'a>(
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    activity: &'a Activity,
+    counts: &'a Counts,
+) -> CopyBothWays<'a> {
+    CopyBothWays {
+        to_backend: Direction::new(client, backend, Side::Client, &counts.to_backend),
+        to_client: Direction::new(backend, client, Side::Backend, &counts.to_client),
+        activity,
+    }
+}
+
+/// The future [`copy_both_ways`] returns.
+#[derive(Debug)]
+pub(super) struct CopyBothWays<'a> {
+    to_backend: Direction<'a>,
+    to_client: Direction<'a>,
+    activity: &'a Activity,
+}
+
+impl Future for CopyBothWays<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let client_done = this.to_client.is_done();
+        let to_backend = this.to_backend.poll(context, this.activity, client_done)?;
+        let backend_done = this.to_backend.is_done();
+        let to_client = this.to_client.poll(context, this.activity, backend_done)?;
+        if to_backend.is_ready() && to_client.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One direction: from `source` (the `side` named) into `sink`.
+#[derive(Debug)]
+struct Direction<'a> {
+    source: &'a TcpStream,
+    sink: &'a TcpStream,
+    side: Side,
+    written: &'a AtomicU64,
+    state: State,
+}
+
+/// Where a direction is.
+#[derive(Debug)]
+enum State {
+    /// Waiting for the source to have bytes; holds nothing.
+    Idle,
+    /// A burst in flight: `in_pipe` bytes in `pipe` wait for the sink.
+    Draining { pipe: Pipe, in_pipe: usize },
+    /// At [`MAX_PIPES`]: `buffer[start..end]` waits for the sink.
+    Buffered {
+        buffer: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+    /// The source ended and the sink's write half is shut down.
+    Done,
+}
+
+/// What a splice or read into an empty pipe or buffer found.
+enum Fill {
+    /// Bytes moved.
+    Moved(usize),
+    /// The source has nothing now (its readiness is cleared).
+    Empty,
+    /// The source ended.
+    Ended,
+}
+
+impl<'a> Direction<'a> {
+    fn new(source: &'a TcpStream, sink: &'a TcpStream, side: Side, written: &'a AtomicU64) -> Self {
+        Self {
+            source,
+            sink,
+            side,
+            written,
+            state: State::Idle,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn other(&self) -> Side {
+        match self.side {
+            Side::Client => Side::Backend,
+            _ => Side::Client,
+        }
+    }
+
+    /// Moves bytes until the direction would block (`Pending`), ends (`Ready(Ok)`) or fails.
+    /// `other_done`: the opposite direction has ended, so this one ending ends the connection.
+    fn poll(
+        &mut self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+        other_done: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            // Each step sets the next state and says whether to return (`Some`) or go on.
+            let step = match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => Some(Poll::Ready(Ok(()))),
+                State::Idle => self.poll_idle(context, activity, other_done),
+                State::Draining { pipe, in_pipe } => {
+                    self.poll_draining(context, activity, other_done, pipe, in_pipe)
+                }
+                State::Buffered { buffer, start, end } => {
+                    self.poll_buffered(context, activity, buffer, start..end)
+                }
+            };
+            if let Some(returned) = step {
+                return returned;
+            }
+        }
+    }
+
+    /// Idle: wait for the source, then start a burst through a pipe (or, at [`MAX_PIPES`], a
+    /// heap buffer). Stays Idle when the source turned out empty: the next poll registers for
+    /// its readiness.
+    fn poll_idle(
+        &mut self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+        other_done: bool,
+    ) -> Option<Poll<io::Result<()>>> {
+        self.state = State::Idle;
+        match self.source.poll_read_ready(context) {
+            Poll::Pending => return Some(Poll::Pending),
+            Poll::Ready(Err(error)) => {
+                activity.failed(self.side);
+                return Some(Poll::Ready(Err(error)));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        if let Some(pipe) = Pipe::take() {
+            return self.fill_pipe(pipe, activity, other_done);
+        }
+        let mut buffer = vec![0u8; FALLBACK_BUFFER].into_boxed_slice();
+        match read(self.source, &mut buffer) {
+            Ok(Fill::Moved(end)) => {
+                activity.touch();
+                self.state = State::Buffered {
+                    buffer,
+                    start: 0,
+                    end,
+                };
+                None
+            }
+            Ok(Fill::Empty) => None,
+            Ok(Fill::Ended) => Some(self.end(activity, other_done)),
+            Err(error) => {
+                activity.failed(self.side);
+                Some(Poll::Ready(Err(error)))
+            }
+        }
+    }
+
+    /// Draining: move the pipe's bytes into the sink; once it is empty, refill it while the
+    /// source has more. A pipe left holding bytes by an error is dropped, which closes it.
+    fn poll_draining(
+        &mut self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+        other_done: bool,
+        pipe: Pipe,
+        mut in_pipe: usize,
+    ) -> Option<Poll<io::Result<()>>> {
+        match self.sink.poll_write_ready(context) {
+            Poll::Pending => {
+                self.state = State::Draining { pipe, in_pipe };
+                return Some(Poll::Pending);
+            }
+            Poll::Ready(Err(error)) => {
+                activity.failed(self.other());
+                return Some(Poll::Ready(Err(error)));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        let drained = self.sink.try_io(Interest::WRITABLE, || {
+            rustix::pipe::splice(
+                &pipe.read,
+                None,
+                self.sink,
+                None,
+                in_pipe,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(io::Error::from)
+        });
+        match drained {
+            Ok(moved) => {
+                in_pipe -= moved;
+                self.written.fetch_add(moved as u64, Ordering::Relaxed);
+                activity.touch();
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                activity.failed(self.other());
+                return Some(Poll::Ready(Err(error)));
+            }
+        }
+        if in_pipe > 0 {
+            self.state = State::Draining { pipe, in_pipe };
+            return None;
+        }
+        // The pipe is empty: the burst goes on with it while the source has more.
+        self.fill_pipe(pipe, activity, other_done)
+    }
+
+    /// Buffered (at [`MAX_PIPES`]): write `buffer[range]` into the sink; the buffer is dropped
+    /// once sent, and the next burst takes a pipe if it can.
+    fn poll_buffered(
+        &mut self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+        buffer: Box<[u8]>,
+        range: std::ops::Range<usize>,
+    ) -> Option<Poll<io::Result<()>>> {
+        let (mut start, end) = (range.start, range.end);
+        match self.sink.poll_write_ready(context) {
+            Poll::Pending => {
+                self.state = State::Buffered { buffer, start, end };
+                return Some(Poll::Pending);
+            }
+            Poll::Ready(Err(error)) => {
+                activity.failed(self.other());
+                return Some(Poll::Ready(Err(error)));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        match self.sink.try_write(&buffer[start..end]) {
+            Ok(sent) => {
+                start += sent;
+                self.written.fetch_add(sent as u64, Ordering::Relaxed);
+                activity.touch();
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => {
+                activity.failed(self.other());
+                return Some(Poll::Ready(Err(error)));
+            }
+        }
+        self.state = if start < end {
+            State::Buffered { buffer, start, end }
+        } else {
+            State::Idle
+        };
+        None
+    }
+
+    /// Fills the empty `pipe` from the source and sets the next state: a burst to drain, or
+    /// Idle with the pipe given back when the source has nothing. `Some`: the direction ended
+    /// (EOF or an error) and this is what `poll` returns.
+    fn fill_pipe(
+        &mut self,
+        pipe: Pipe,
+        activity: &Activity,
+        other_done: bool,
+    ) -> Option<Poll<io::Result<()>>> {
+        match self.fill(&pipe) {
+            Ok(Fill::Moved(moved)) => {
+                activity.touch();
+                self.state = State::Draining {
+                    pipe,
+                    in_pipe: moved,
+                };
+                None
+            }
+            Ok(Fill::Empty) => {
+                pipe.give_back();
+                self.state = State::Idle;
+                None
+            }
+            Ok(Fill::Ended) => {
+                pipe.give_back();
+                Some(self.end(activity, other_done))
+            }
+            Err(error) => {
+                pipe.give_back();
+                activity.failed(self.side);
+                Some(Poll::Ready(Err(error)))
+            }
+        }
+    }
+
+    /// Splices what the source has into `pipe`, which is empty: so EAGAIN can only mean the
+    /// source is empty (the trap of a full pipe can't arise).
+    fn fill(&self, pipe: &Pipe) -> io::Result<Fill> {
+        let filled = self.source.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(
+                self.source,
+                None,
+                &pipe.write,
+                None,
+                PIPE_CAPACITY,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(io::Error::from)
+        });
+        match filled {
+            Ok(0) => Ok(Fill::Ended),
+            Ok(moved) => Ok(Fill::Moved(moved)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Empty),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The source ended: shut down the sink's write half, as the half-close is passed on. When
+    /// the other direction is over too, the sockets are about to close, which says the same:
+    /// no separate shutdown.
+    fn end(&mut self, activity: &Activity, other_done: bool) -> Poll<io::Result<()>> {
+        activity.closed(self.side);
+        self.state = State::Done;
+        if other_done {
+            return Poll::Ready(Ok(()));
+        }
+        match rustix::net::shutdown(self.sink, Shutdown::Write) {
+            // NOTCONN: the sink already went away; the other direction will see it.
+            Ok(()) | Err(rustix::io::Errno::NOTCONN) => Poll::Ready(Ok(())),
+            Err(error) => {
+                activity.failed(self.other());
+                Poll::Ready(Err(error.into()))
+            }
+        }
+    }
+}
+
+/// A plain read into `buffer`, for the fallback at [`MAX_PIPES`].
+fn read(source: &TcpStream, buffer: &mut [u8]) -> io::Result<Fill> {
+    match source.try_read(buffer) {
+        Ok(0) => Ok(Fill::Ended),
+        Ok(read) => Ok(Fill::Moved(read)),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Empty),
+        Err(error) => Err(error),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     use super::*;
 
-    /// Runs a splice between two in-memory pipes; returns the far ends and the splice task.
-    async fn start(
-        idle: Duration,
-    ) -> (
-        tokio::io::DuplexStream,
-        tokio::io::DuplexStream,
-        tokio::task::JoinHandle<(Outcome, Side, u64, u64)>,
-    ) {
-        let (client_far, client_near) = duplex(64);
-        let (backend_near, backend_far) = duplex(64);
-        let task = tokio::spawn(async move {
-            let activity = Activity::new();
-            let mut client = Counted::new(client_near, Side::Client, &activity);
-            let mut backend = Counted::new(backend_near, Side::Backend, &activity);
-            let (outcome, side) = splice(
-                &mut client,
-                &mut backend,
-                &activity,
-                idle,
-                &CancellationToken::new(),
-            )
-            .await;
-            (outcome, side, backend.written, client.written)
-        });
-        (client_far, backend_far, task)
+    /// A connected loopback pair: (far end, near end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (far, near)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_is_closed_after_the_idle_limit() {
-        let (_client, _backend, task) = start(Duration::from_secs(60)).await;
-        let started = Instant::now();
-        let (outcome, side, ..) = task.await.unwrap();
-        assert_eq!((outcome, side), (Outcome::IdleTimeout, Side::Internal));
-        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn activity_pushes_the_idle_deadline_back() {
-        let (mut client, mut backend, task) = start(Duration::from_secs(60)).await;
-        let started = Instant::now();
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_secs(40)).await;
-            client.write_all(b"ping").await.unwrap();
-            let mut ping = [0; 4];
-            backend.read_exact(&mut ping).await.unwrap();
+    /// Reads to EOF in 1000-byte bites, yielding between them.
+    async fn slow_read(stream: &mut tokio::net::tcp::ReadHalf<'_>) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut bite = [0u8; 1000];
+        loop {
+            let read = stream.read(&mut bite).await.unwrap();
+            if read == 0 {
+                return received;
+            }
+            received.extend_from_slice(&bite[..read]);
+            tokio::task::yield_now().await;
         }
-        let (outcome, _, to_backend, _) = task.await.unwrap();
-        assert_eq!(outcome, Outcome::IdleTimeout);
-        assert_eq!(started.elapsed(), Duration::from_secs(120 + 60));
-        assert_eq!(to_backend, 12);
+    }
+
+    fn in_use() -> isize {
+        IN_USE.with(std::cell::Cell::get)
+    }
+
+    /// Both ways at once, several pipes' worth each, read back in small bites with yields: the
+    /// pipes fill and the sockets fill, so every EAGAIN case happens, and nothing stalls.
+    #[tokio::test]
+    async fn bursts_larger_than_a_pipe_with_slow_readers_arrive_intact_both_ways() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let copy = tokio::spawn(async move {
+            let activity = Activity::new();
+            let counts = Counts::default();
+            copy_both_ways(&client_near, &backend_near, &activity, &counts)
+                .await
+                .unwrap();
+            (
+                counts.to_backend.load(Ordering::Relaxed),
+                counts.to_client.load(Ordering::Relaxed),
+            )
+        });
+        let (up, down) = (pattern(1, 3 * 1024 * 1024), pattern(2, 2 * 1024 * 1024));
+        let (mut client_read, mut client_write) = client.split();
+        let (mut backend_read, mut backend_write) = backend.split();
+        let (_, _, received_up, received_down) = tokio::join!(
+            async {
+                client_write.write_all(&up).await.unwrap();
+                client_write.shutdown().await.unwrap();
+            },
+            async {
+                backend_write.write_all(&down).await.unwrap();
+                backend_write.shutdown().await.unwrap();
+            },
+            slow_read(&mut backend_read),
+            slow_read(&mut client_read),
+        );
+        assert!(received_up == up, "client to backend differs");
+        assert!(received_down == down, "backend to client differs");
+        assert_eq!(copy.await.unwrap(), (up.len() as u64, down.len() as u64));
     }
 
     #[tokio::test]
-    async fn a_half_close_is_passed_on_and_the_other_way_keeps_flowing() {
-        let (mut client, mut backend, task) = start(Duration::from_secs(60)).await;
+    async fn an_idle_connection_holds_no_pipe_and_a_half_close_passes_through() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        let before = in_use();
+        let copy = tokio::spawn(async move {
+            let activity = Activity::new();
+            let counts = Counts::default();
+            copy_both_ways(&client_near, &backend_near, &activity, &counts).await
+        });
         client.write_all(b"request").await.unwrap();
+        let mut request = [0u8; 7];
+        backend.read_exact(&mut request).await.unwrap();
+        assert_eq!(&request, b"request");
+        // The copy task ran on this thread up to its next wait: the burst is over.
+        assert_eq!(in_use(), before, "an idle connection holds a pipe");
+
         client.shutdown().await.unwrap();
-        let mut request = Vec::new();
-        backend.read_to_end(&mut request).await.unwrap();
-        assert_eq!(request, b"request");
-        backend
-            .write_all(b"response after the client's eof")
-            .await
-            .unwrap();
+        assert_eq!(
+            backend.read(&mut request).await.unwrap(),
+            0,
+            "eof passed on"
+        );
+        backend.write_all(b"response").await.unwrap();
         backend.shutdown().await.unwrap();
         let mut response = Vec::new();
         client.read_to_end(&mut response).await.unwrap();
-        assert_eq!(response, b"response after the client's eof");
-        let (outcome, side, to_backend, to_client) = task.await.unwrap();
-        assert_eq!((outcome, side), (Outcome::Ok, Side::Client));
-        assert_eq!((to_backend, to_client), (7, 31));
+        assert_eq!(response, b"response");
+        copy.await.unwrap().unwrap();
+        assert_eq!(in_use(), before);
     }
 }

@@ -83,7 +83,8 @@ impl RouteTable {
                 candidates.with_alpn.push(index);
             }
         }
-        let metrics_of = |route: &Route| RouteMetrics::new(&route.name, &route.backend.to_string());
+        let metrics_of =
+            |route: &Route| RouteMetrics::new(&route.name, &route.target.backend.to_string());
         Self {
             routes: config.routes.clone(),
             metrics: config.routes.iter().map(metrics_of).collect(),

@@ -120,6 +120,9 @@ struct Args {
     /// micro-benchmark tables: for iterating on one figure.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// `cargo bench` passes `--bench` to every benchmark binary; nothing to do with it.
+    #[arg(long, global = true, hide = true)]
+    bench: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -715,12 +718,12 @@ fn sniroute_command(dir: &Path, text: &str) -> anyhow::Result<Command> {
     Ok(command)
 }
 
-/// The release binary next to this one.
+/// The sniroute binary cargo built with this benchmark (the bench profile: release).
 fn sniroute_binary() -> anyhow::Result<PathBuf> {
-    let binary = std::env::current_exe()?.with_file_name("sniroute");
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_sniroute"));
     if !binary.exists() {
         bail!(
-            "{} is missing: cargo build --release --bin sniroute",
+            "{} is missing: run the benchmark with cargo bench",
             binary.display()
         );
     }

@@ -1,31 +1,20 @@
-//! Accepting connections: the connection cap, accept errors, and handing each connection to its
-//! own tracked task.
+//! What a connection needs from the listener and the server that accepted it: the shutdown
+//! stages, the per-address count of pending hellos, the budget of bytes all pending hellos may
+//! hold, and the listener's own settings and series. Shared, read-mostly, lock-free.
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::access_log::AccessLog;
-use super::{conn, Live, Outcome, Side};
 use crate::metrics::ListenerMetrics;
 use crate::proxy_protocol::Cidr;
 
-/// Longest pause after failed accepts (out of file descriptors, say) before trying again.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The stages of shutdown a connection listens for.
+/// The stages of shutdown a connection listens for (the accept loops have their own stops).
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    /// Stops the accept loops.
-    pub accepting: CancellationToken,
     /// Closes connections still reading their hello.
     pub hellos: CancellationToken,
     /// Closes spliced connections (when the drain time is up).
@@ -61,7 +50,7 @@ impl Default for PendingHellos {
 impl PendingHellos {
     /// A slot for one more pending hello from `address`, or `None` if it already has `limit`
     /// (0: no limit).
-    pub(super) fn enter(self: &Arc<Self>, address: IpAddr, limit: usize) -> Option<PendingSlot> {
+    pub(super) fn enter(&self, address: IpAddr, limit: usize) -> Option<PendingSlot<'_>> {
         if limit == 0 {
             return Some(PendingSlot {
                 hellos: None,
@@ -75,7 +64,7 @@ impl PendingHellos {
         ];
         let before = slots.map(|slot| self.counters[slot].fetch_add(1, Ordering::Relaxed));
         let slot = PendingSlot {
-            hellos: Some(self.clone()),
+            hellos: Some(self),
             slots,
         };
         // Over the limit: the slot's drop takes the two increments back.
@@ -85,93 +74,87 @@ impl PendingHellos {
 
 /// One pending hello; given back when dropped.
 #[derive(Debug)]
-pub(super) struct PendingSlot {
-    hellos: Option<Arc<PendingHellos>>,
+pub(super) struct PendingSlot<'a> {
+    hellos: Option<&'a PendingHellos>,
     /// Its counter in each row of the sketch.
     slots: [usize; 2],
 }
 
-impl Drop for PendingSlot {
+impl Drop for PendingSlot<'_> {
     fn drop(&mut self) {
-        let Some(hellos) = &self.hellos else { return };
+        let Some(hellos) = self.hellos else { return };
         for slot in self.slots {
             hellos.counters[slot].fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// A bound listening socket and what its connections share.
-#[derive(Debug)]
-pub struct Listener {
-    /// The socket.
-    pub socket: TcpListener,
-    /// Its local address.
-    pub address: SocketAddr,
-    /// What its connections need to know of it.
-    pub context: Arc<ListenerContext>,
+/// What every connection shares, whatever listener accepted it: created once per server and
+/// kept across reloads.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Shutdown stages connections watch (`hellos`, `splices`).
+    pub shutdown: Shutdown,
+    /// Pending hellos per client address.
+    pub pending: PendingHellos,
+    /// Bytes all pending hellos hold.
+    pub hello_budget: HelloBudget,
 }
 
 /// What each connection needs to know of the listener that accepted it.
 #[derive(Debug)]
 pub struct ListenerContext {
-    /// Sources that must send a PROXY protocol header first (and the only ones that may).
-    pub proxy_trusted: Vec<Cidr>,
+    /// Sources that must send a PROXY protocol header first (and the only ones that may);
+    /// swapped whole when a reload changes `proxy_protocol.trusted`, read once per accept.
+    pub proxy_trusted: ArcSwap<Vec<Cidr>>,
     /// The listener's series.
     pub metrics: ListenerMetrics,
 }
 
-impl Listener {
-    /// Accepts until `shutdown.accepting` fires, spawning each connection on `tracker` with the
-    /// routes live at its accept; past `permits`, connections are closed at once.
-    pub async fn run(
-        self,
-        live: Arc<ArcSwap<Live>>,
-        permits: Arc<Semaphore>,
-        pending: Arc<PendingHellos>,
-        tracker: TaskTracker,
-        shutdown: Shutdown,
-    ) {
-        // Shared by this listener's connections: one reference count each, where cloning the
-        // tokens would lock each token's node.
-        let connection_shutdown = Arc::new(shutdown.clone());
-        let mut backoff = Duration::ZERO;
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.socket.accept() => accepted,
-                () = shutdown.accepting.cancelled() => return,
-            };
-            let (stream, client_addr) = match accepted {
-                Ok(accepted) => {
-                    backoff = Duration::ZERO;
-                    accepted
-                }
-                Err(error) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
-                    tracing::warn!(listener = %self.address, %error, "accept failed");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => continue,
-                        () = shutdown.accepting.cancelled() => return,
-                    }
-                }
-            };
-            self.context.metrics.accepted.increment(1);
-            let live = live.load_full();
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.context.metrics.over_max_connections.increment(1);
-                let mut log = AccessLog::new(client_addr, live.table.unmatched());
-                log.outcome = (Outcome::OverLimit, Side::Internal);
-                continue;
-            };
-            tracker.spawn(conn::serve(
-                stream,
-                client_addr,
-                live,
-                self.context.clone(),
-                pending.clone(),
-                connection_shutdown.clone(),
-                permit,
-            ));
+impl ListenerContext {
+    /// A context for the listener bound at `address`, trusting PROXY headers from `trusted`.
+    pub fn new(address: SocketAddr, trusted: Vec<Cidr>) -> Self {
+        Self {
+            proxy_trusted: ArcSwap::from_pointee(trusted),
+            metrics: ListenerMetrics::new(&address.to_string()),
         }
+    }
+
+    /// Whether connections from `source` must start with a PROXY header.
+    pub(super) fn trusts(&self, source: IpAddr) -> bool {
+        self.proxy_trusted
+            .load()
+            .iter()
+            .any(|range| range.contains(source))
+    }
+}
+
+/// Bytes all pending hellos hold together (`limits.max_pending_hello_bytes`): a buffer grows only
+/// by what it can take from this budget, so a flood of stalled hellos can't pin more memory than
+/// the operator allowed, whatever the number of source addresses.
+#[derive(Debug, Default)]
+pub struct HelloBudget {
+    held: AtomicUsize,
+}
+
+impl HelloBudget {
+    /// Takes `bytes` from the budget if that keeps the total within `limit`.
+    pub(super) fn take(&self, bytes: usize, limit: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `bytes` back.
+    pub(super) fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -181,7 +164,7 @@ mod tests {
 
     #[test]
     fn pending_hellos_are_limited_per_address_and_given_back() {
-        let pending = Arc::new(PendingHellos::default());
+        let pending = PendingHellos::default();
         let (one, other): (IpAddr, IpAddr) =
             ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
         let first = pending.enter(one, 2).unwrap();

@@ -1,0 +1,425 @@
+//! `[[route]]` and `[default]`: what a ClientHello is matched on (name, ALPN) and the
+//! [`Target`] it is sent to (backend, PROXY header, TLS mode). The match part stays in the
+//! route; the target is shared behind an `Arc`, so it can grow a pool and state that outlive a
+//! reload. Overlapping routes are refused here. SPEC "routes.toml", "Matching".
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName as ServerNameTls;
+use toml::{Spanned, Value};
+
+use super::error::{ConfigError, Source};
+use super::raw::{RawBackendTls, RawDefault, RawRoute, RawTerminate};
+use crate::name::{NamePattern, ServerName};
+use crate::proxy_protocol::Version;
+use crate::terminate::{self, BackendTls, TerminateFiles};
+
+/// Route name used for `[default]` in logs.
+pub const DEFAULT_ROUTE_NAME: &str = "default";
+/// Route label for connections that matched no route.
+pub const NO_ROUTE_NAME: &str = "none";
+
+/// One `[[route]]` (or `[default]`, with no `sni`).
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Label in logs: `name`, or the sni pattern plus `/alpn,list` when there is one.
+    pub name: String,
+    /// The names this route matches; `None` for `[default]`.
+    pub sni: Option<NamePattern>,
+    /// ALPN protocols, any of which the client must offer for the route to match; empty: no
+    /// condition.
+    pub alpn: Vec<Box<[u8]>>,
+    /// Where a matched connection goes, and how.
+    pub target: Arc<Target>,
+    /// Line of the route's table in routes.toml, for `check` and `explain`.
+    pub line: usize,
+}
+
+/// Where a route (or `[default]`) sends its traffic, and how: what the data path needs once a
+/// route is chosen.
+#[derive(Debug)]
+pub struct Target {
+    /// Where the connection goes.
+    pub backend: Backend,
+    /// The PROXY protocol header sent to the backend before the client's bytes, if any.
+    pub proxy_protocol: Option<Version>,
+    /// `None`: passthrough (the hello and everything after it go to the backend unchanged);
+    /// otherwise sniroute completes the handshake itself.
+    pub terminate: Option<Terminate>,
+}
+
+/// A terminate route's TLS: loaded when the config is, shared by every connection it serves
+/// (a reload loads the files again; open connections keep what they started with).
+#[derive(Debug, Clone)]
+pub struct Terminate {
+    /// The files it was made from, paths resolved against routes.toml's directory.
+    pub files: TerminateFiles,
+    /// The server config: certificate, key, ALPN, client verifier.
+    pub server: Arc<rustls::ServerConfig>,
+    /// `backend_tls`: re-encrypt to the backend; `None`: the backend receives plaintext.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// A backend address: an IP and port, or a host name resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A host name (resolved on each connect) and port.
+    Host(ServerName, u16),
+}
+
+impl Backend {
+    fn parse(raw: &str) -> Result<Self, String> {
+        if let Ok(addr) = raw.parse() {
+            return Ok(Self::Addr(addr));
+        }
+        let expected = || format!("expected host:port, found \"{}\"", raw.escape_debug());
+        let (host, port) = raw.rsplit_once(':').ok_or_else(expected)?;
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        if port == 0 || host.contains(':') {
+            return Err(expected());
+        }
+        let host = ServerName::parse(host.as_bytes())
+            .map_err(|error| format!("{}: {error}", expected()))?;
+        Ok(Self::Host(host, port))
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Addr(addr) => write!(formatter, "{addr}"),
+            Self::Host(host, port) => write!(formatter, "{host}:{port}"),
+        }
+    }
+}
+
+fn unsupported(
+    source: Source<'_>,
+    table: &str,
+    key: &str,
+    value: &Option<Spanned<Value>>,
+) -> Result<(), ConfigError> {
+    match value {
+        Some(value) => Err(source.at(value, format!("{table}.{key}"), "not supported yet")),
+        None => Ok(()),
+    }
+}
+
+/// The keys a route and `[default]` share: where the traffic goes.
+struct RawTargetRef<'a> {
+    backend: &'a Option<Spanned<String>>,
+    proxy_protocol: &'a Option<Spanned<String>>,
+    terminate: &'a Option<Spanned<RawTerminate>>,
+    backend_tls: &'a Option<Spanned<RawBackendTls>>,
+    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 2],
+}
+
+impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
+    fn from(raw: &'a RawRoute) -> Self {
+        Self {
+            backend: &raw.backend,
+            proxy_protocol: &raw.proxy_protocol,
+            terminate: &raw.terminate,
+            backend_tls: &raw.backend_tls,
+            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
+        }
+    }
+}
+
+impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
+    fn from(raw: &'a RawDefault) -> Self {
+        Self {
+            backend: &raw.backend,
+            proxy_protocol: &raw.proxy_protocol,
+            terminate: &raw.terminate,
+            backend_tls: &raw.backend_tls,
+            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
+        }
+    }
+}
+
+/// Where a route (or `[default]`) sends its traffic, the PROXY header it sends first, and its
+/// TLS when it terminates.
+fn target(
+    source: Source<'_>,
+    key: &str,
+    table: Range<usize>,
+    target: RawTargetRef<'_>,
+) -> Result<Arc<Target>, ConfigError> {
+    for (name, value) in target.unsupported {
+        unsupported(source, key, name, value)?;
+    }
+    let backend = target
+        .backend
+        .as_ref()
+        .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
+    let backend = Backend::parse(backend.get_ref())
+        .map_err(|message| source.at(backend, format!("{key}.backend"), message))?;
+    let proxy_protocol = match target.proxy_protocol {
+        None => None,
+        Some(version) => match version.get_ref().as_str() {
+            "v1" => Some(Version::V1),
+            "v2" => Some(Version::V2),
+            other => {
+                return Err(source.at(
+                    version,
+                    format!("{key}.proxy_protocol"),
+                    format!(
+                        "expected \"v1\" or \"v2\", found \"{}\"",
+                        other.escape_debug()
+                    ),
+                ))
+            }
+        },
+    };
+    let terminate = match (target.terminate, target.backend_tls) {
+        (None, None) => None,
+        (None, Some(backend_tls)) => {
+            return Err(source.at(
+                backend_tls,
+                format!("{key}.backend_tls"),
+                "needs `terminate` (passthrough traffic stays the client's TLS end to end)",
+            ))
+        }
+        (Some(raw), backend_tls) => Some(terminate(
+            source,
+            key,
+            raw.get_ref(),
+            backend_tls.as_ref(),
+            &backend,
+        )?),
+    };
+    Ok(Arc::new(Target {
+        backend,
+        proxy_protocol,
+        terminate,
+    }))
+}
+
+/// Loads a terminate route's certificate, key and CAs and builds its TLS configs. Relative paths
+/// are taken from routes.toml's directory. A PEM fault is reported at the key naming the file,
+/// and names the file too.
+fn terminate(
+    source: Source<'_>,
+    route: &str,
+    raw: &RawTerminate,
+    backend_tls: Option<&Spanned<RawBackendTls>>,
+    backend: &Backend,
+) -> Result<Terminate, ConfigError> {
+    let table = format!("{route}.terminate");
+    let files = TerminateFiles {
+        cert: source.relative_path(&raw.cert),
+        key: source.relative_path(&raw.key),
+        client_ca: raw.client_ca.as_ref().map(|ca| source.relative_path(ca)),
+        alpn: match &raw.alpn {
+            Some(list) => alpn_list(source, &format!("{table}.alpn"), list)?,
+            None => Vec::new(),
+        },
+    };
+    let mut named = vec![("cert", &raw.cert), ("key", &raw.key)];
+    named.extend(raw.client_ca.as_ref().map(|ca| ("client_ca", ca)));
+    let server = terminate::server_config(&files)
+        .map_err(|error| source.file_fault(error, &table, &named))?;
+    let backend_tls = backend_tls
+        .map(|raw_tls| upstream_tls(source, route, raw_tls, backend, &files.alpn))
+        .transpose()?;
+    Ok(Terminate {
+        files,
+        server,
+        backend_tls,
+    })
+}
+
+/// `backend_tls`: whom the backend's certificate must chain to, the name it must carry (default:
+/// the backend's host or IP), and with `alpn_to_backend` the protocols `offered` to clients.
+fn upstream_tls(
+    source: Source<'_>,
+    route: &str,
+    spanned: &Spanned<RawBackendTls>,
+    backend: &Backend,
+    offered: &[Box<[u8]>],
+) -> Result<BackendTls, ConfigError> {
+    let raw = spanned.get_ref();
+    let table = format!("{route}.backend_tls");
+    let server_name = match (&raw.server_name, backend) {
+        (Some(name), _) => ServerNameTls::try_from(name.get_ref().clone()).map_err(|_| {
+            source.at(
+                name,
+                format!("{table}.server_name"),
+                format!(
+                    "expected a DNS name or IP address, found \"{}\"",
+                    name.get_ref().escape_debug()
+                ),
+            )
+        })?,
+        (None, Backend::Addr(addr)) => ServerNameTls::from(addr.ip()),
+        (None, Backend::Host(host, _)) => ServerNameTls::try_from(host.as_str().to_owned())
+            .map_err(|_| source.at(spanned, table.clone(), "expected a `server_name`"))?,
+    };
+    let alpn = match raw.alpn_to_backend {
+        Some(true) if offered.is_empty() => {
+            return Err(source.at(
+                spanned,
+                format!("{table}.alpn_to_backend"),
+                "needs `terminate.alpn`",
+            ))
+        }
+        Some(true) => offered,
+        _ => &[],
+    };
+    terminate::backend_tls(&source.relative_path(&raw.ca), server_name, alpn)
+        .map_err(|error| source.file_fault(error, &table, &[("ca", &raw.ca)]))
+}
+
+/// A non-empty list of ALPN protocol names, each 1 to 255 bytes.
+fn alpn_list(
+    source: Source<'_>,
+    key: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> Result<Vec<Box<[u8]>>, ConfigError> {
+    if list.get_ref().is_empty() {
+        return Err(source.at(list, key, "expected at least one protocol"));
+    }
+    list.get_ref()
+        .iter()
+        .enumerate()
+        .map(|(position, protocol)| {
+            let bytes = protocol.get_ref().as_bytes();
+            if bytes.is_empty() || bytes.len() > 255 {
+                return Err(source.at(
+                    protocol,
+                    format!("{key}[{position}]"),
+                    "expected a protocol name of 1 to 255 bytes",
+                ));
+            }
+            Ok(Box::from(bytes))
+        })
+        .collect()
+}
+
+pub(super) fn route_from_raw(
+    source: Source<'_>,
+    index: usize,
+    spanned: &Spanned<RawRoute>,
+) -> Result<Route, ConfigError> {
+    let key = format!("route[{index}]");
+    let raw = spanned.get_ref();
+    let sni = NamePattern::parse(raw.sni.get_ref()).map_err(|error| {
+        source.at(
+            &raw.sni,
+            format!("{key}.sni"),
+            format!("\"{}\": {error}", raw.sni.get_ref().escape_debug()),
+        )
+    })?;
+    let alpn = match &raw.alpn {
+        Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
+        None => Vec::new(),
+    };
+    let target = target(source, &key, spanned.span(), raw.into())?;
+    let name = match &raw.name {
+        Some(name) => {
+            let text = name.get_ref();
+            if text.is_empty() || text.chars().any(char::is_control) {
+                return Err(source.at(
+                    name,
+                    format!("{key}.name"),
+                    "expected a non-empty name without control characters",
+                ));
+            }
+            if text == DEFAULT_ROUTE_NAME || text == NO_ROUTE_NAME {
+                return Err(source.at(
+                    name,
+                    format!("{key}.name"),
+                    format!("\"{text}\" is reserved"),
+                ));
+            }
+            text.clone()
+        }
+        None if alpn.is_empty() => sni.to_string(),
+        None => {
+            let list: Vec<&str> = raw
+                .alpn
+                .iter()
+                .flat_map(|list| list.get_ref().iter().map(|p| p.get_ref().as_str()))
+                .collect();
+            format!("{sni}/{}", list.join(","))
+        }
+    };
+    Ok(Route {
+        name,
+        sni: Some(sni),
+        alpn,
+        target,
+        line: source.line_column(spanned.span().start).0,
+    })
+}
+
+pub(super) fn default_from_raw(
+    source: Source<'_>,
+    spanned: &Spanned<RawDefault>,
+) -> Result<Route, ConfigError> {
+    let target = target(source, "default", spanned.span(), spanned.get_ref().into())?;
+    Ok(Route {
+        name: DEFAULT_ROUTE_NAME.to_owned(),
+        sni: None,
+        alpn: Vec::new(),
+        target,
+        line: source.line_column(spanned.span().start).0,
+    })
+}
+
+/// Refuses two routes that could match the same ClientHello equally well (same pattern, and
+/// either both without `alpn` or with a protocol in common), and two routes with one name.
+/// Reported at the later route, naming the earlier.
+pub(super) fn check_routes(
+    source: Source<'_>,
+    raw: &[Spanned<RawRoute>],
+    routes: &[Route],
+) -> Result<(), ConfigError> {
+    let mut by_pattern: HashMap<&NamePattern, Vec<usize>> = HashMap::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (index, route) in routes.iter().enumerate() {
+        let Some(pattern) = &route.sni else { continue };
+        let same_pattern = by_pattern.entry(pattern).or_default();
+        for &earlier in same_pattern.iter() {
+            let other = &routes[earlier];
+            let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
+                (true, true) => Some("same name as"),
+                (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => {
+                    Some("same name and overlapping alpn as")
+                }
+                _ => None,
+            };
+            if let Some(what) = tie {
+                return Err(source.at(
+                    &raw[index].get_ref().sni,
+                    format!("route[{index}].sni"),
+                    format!("{what} route[{earlier}] (line {})", other.line),
+                ));
+            }
+        }
+        same_pattern.push(index);
+        if let Some(earlier) = by_name.insert(&route.name, index) {
+            let at = raw[index]
+                .get_ref()
+                .name
+                .as_ref()
+                .map_or(raw[index].get_ref().sni.span(), Spanned::span);
+            return Err(source.error(
+                at,
+                format!("route[{index}].name"),
+                format!(
+                    "same name \"{}\" as route[{earlier}] (line {})",
+                    route.name, routes[earlier].line
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

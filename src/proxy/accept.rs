@@ -1,0 +1,113 @@
+//! Accepting connections: the connection cap, accept errors, and handing each connection to its
+//! own tracked task with the route table live at its accept.
+//!
+//! Accept errors (out of file descriptors, say) never end the loop: each is counted, logged once
+//! per episode, and followed by a pause that doubles up to a second, so a listener can't spin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::access_log::{AccessLog, Cause};
+use super::context::{ListenerContext, Shared};
+use super::{connection, Live, Outcome, Side};
+
+/// Longest pause after failed accepts before trying again.
+pub(crate) const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A bound listening socket and what its connections share.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: TcpListener,
+    /// Its local address.
+    pub address: SocketAddr,
+    /// Whether it was bound with `SO_REUSEPORT` (a reload can't change that).
+    pub reuse_port: bool,
+    /// What its connections need to know of it.
+    pub context: Arc<ListenerContext>,
+}
+
+/// Consecutive accept failures, for backing off and logging once per episode.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    backoff: Duration,
+}
+
+impl AcceptErrors {
+    /// An accept succeeded: the episode, if any, is over.
+    pub(crate) fn ok(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+
+    /// An accept failed: logs the first failure of an episode, and says how long to pause.
+    pub(crate) fn failed(
+        &mut self,
+        address: Option<SocketAddr>,
+        error: &std::io::Error,
+    ) -> Duration {
+        if self.backoff.is_zero() {
+            let listener = address.map_or_else(|| "-".to_owned(), |address| address.to_string());
+            tracing::warn!(%listener, %error, "accept failed; backing off until accepts succeed");
+        }
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+        self.backoff
+    }
+}
+
+impl Listener {
+    /// Accepts until `stop` fires, spawning each connection on `tracker` with the routes live at
+    /// its accept; past `permits`, connections are closed at once.
+    pub async fn run(
+        self,
+        live: Arc<ArcSwap<Live>>,
+        permits: Arc<Semaphore>,
+        shared: Arc<Shared>,
+        tracker: TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let mut errors = AcceptErrors::default();
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.socket.accept() => accepted,
+                () = stop.cancelled() => return,
+            };
+            let (stream, client_addr) = match accepted {
+                Ok(accepted) => {
+                    errors.ok();
+                    accepted
+                }
+                Err(error) => {
+                    self.context.metrics.accept_errors.increment(1);
+                    let pause = errors.failed(Some(self.address), &error);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = stop.cancelled() => return,
+                    }
+                }
+            };
+            self.context.metrics.accepted.increment(1);
+            let live = live.load_full();
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.context.metrics.over_max_connections.increment(1);
+                let mut log = AccessLog::new(client_addr, live.table.unmatched());
+                log.end(Outcome::OverLimit, Side::Internal, Cause::None);
+                continue;
+            };
+            tracker.spawn(connection::serve(
+                stream,
+                client_addr,
+                live,
+                self.context.clone(),
+                shared.clone(),
+                permit,
+            ));
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! One connection's life, phase by phase (SPEC "Behaviour on the wire"):
+//!
+//! ```text
+//! sniff (sniff.rs) → route (RouteTable) → connect (connect.rs) → relay (splice.rs / relay.rs)
+//!                                      ↘ terminate (tls.rs) → connect → relay (relay.rs)
+//! ```
+//!
+//! Each phase returns a typed value or a typed error; this driver turns them into the access-log
+//! record and, on failure, the alert. Every await is bounded: a PROXY header (from trusted
+//! sources) by `timeouts.proxy_header`, the hello by `timeouts.client_hello`, the connect by
+//! `timeouts.connect`, the relay by `timeouts.idle`, all of it by shutdown. No failure touches
+//! another connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tls_parser::TlsAlertDescription;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+
+use super::access_log::{AccessLog, Cause};
+use super::connect::{self, Connected};
+use super::context::{ListenerContext, Shared};
+use super::relay::{self, Activity, Counted};
+use super::sniff::{ClientStream, Origin, Sniffed};
+use super::tls::{self, ClientTls, TlsError};
+use super::{alert, Live, Outcome, Side};
+use crate::config::{Route, Target, Terminate};
+use crate::proxy_protocol::{self, Addresses, Tlvs};
+
+/// How a connection ended: its outcome, whose doing, and why.
+type Ending = (Outcome, Side, Cause);
+
+/// Serves one accepted connection to its end, then writes its access-log line and metrics. The
+/// line, the metrics and the connection's slot (`permit`) are all done with before the client
+/// socket closes, so a client that has seen the close can count on them.
+pub(super) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    live: Arc<Live>,
+    listener: Arc<ListenerContext>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    live.metrics.active.increment(1.0);
+    let mut log = AccessLog::new(peer, live.table.unmatched());
+    let mut client = ClientStream::new(socket, peer, &live, &shared);
+    let _ = client.socket.set_nodelay(true);
+    // Boxed: the setup's state (hello reads, connect, a whole terminated session) is freed when
+    // it ends, so an established passthrough connection's task holds only the relay's.
+    let next = Box::pin(setup(&mut client, &live, &listener, &shared, &mut log)).await;
+    let (outcome, side, cause) = match next {
+        Next::Done(ending) => ending,
+        Next::Relay { backend, replay } => {
+            passthrough(
+                &mut client.socket,
+                backend,
+                replay,
+                &live,
+                &shared,
+                &mut log,
+            )
+            .await
+        }
+    };
+    log.end(outcome, side, cause);
+    live.metrics.active.decrement(1.0);
+    drop(log);
+    drop(permit);
+    drop(client);
+}
+
+/// Where the setup phase leaves a connection.
+enum Next {
+    /// It is over, ended this way.
+    Done(Ending),
+    /// Passthrough with the backend connected: `replay` (everything read from the client so
+    /// far, the hello first) goes to it, then bytes are copied both ways.
+    Relay { backend: TcpStream, replay: Vec<u8> },
+}
+
+/// Everything before the long copy: sniff, route, then the backend connect (passthrough) or a
+/// whole terminated session.
+async fn setup<'a>(
+    client: &mut ClientStream<'_>,
+    live: &'a Live,
+    listener: &ListenerContext,
+    shared: &Shared,
+    log: &mut AccessLog<'a>,
+) -> Next {
+    let sniffed = client.sniff(live, listener, shared).await;
+    log.client = client.origin().source;
+    let Sniffed { mut hello, replay } = match sniffed {
+        Ok(sniffed) => sniffed,
+        Err(error) => {
+            alert::close(&mut client.socket, error.alert()).await;
+            return Next::Done((error.outcome(), error.side(), Cause::Sniff(error)));
+        }
+    };
+    live.metrics.hello_bytes.record(hello.wire_len as f64);
+    live.metrics
+        .hello_duration
+        .record(log.elapsed().as_secs_f64());
+    log.hello(&mut hello);
+    drop(hello);
+
+    let decision = {
+        let (server_name, offer) = log.offer();
+        live.table.lookup(server_name, offer)
+    };
+    log.metrics = decision.metrics;
+    let Some(route) = decision.route else {
+        alert::close(
+            &mut client.socket,
+            Some(TlsAlertDescription::UnrecognizedName),
+        )
+        .await;
+        return Next::Done((Outcome::NoRoute, Side::Client, Cause::None));
+    };
+    log.route = Some(route);
+    let origin = client.origin();
+    let target = &*route.target;
+    match &target.terminate {
+        None => {
+            let (server_name, offer) = log.offer();
+            let tlvs = Tlvs {
+                authority: server_name.map(|name| name.as_str()),
+                alpn: offer.first(),
+                ssl: None,
+            };
+            let header = proxy_header(target, origin, &client.socket, tlvs);
+            match dial(live, target, header.as_deref(), log).await {
+                Ok(backend) => Next::Relay {
+                    backend: backend.stream,
+                    replay,
+                },
+                Err(ending) => {
+                    alert::close(&mut client.socket, Some(TlsAlertDescription::InternalError))
+                        .await;
+                    Next::Done(ending)
+                }
+            }
+        }
+        Some(terminate) => Next::Done(
+            Box::pin(terminated(
+                &mut client.socket,
+                route,
+                terminate,
+                origin,
+                replay,
+                live,
+                shared,
+                log,
+            ))
+            .await,
+        ),
+    }
+}
+
+/// Connects to `target`'s backend, noting in the log the address tried.
+async fn dial(
+    live: &Live,
+    target: &Target,
+    header: Option<&[u8]>,
+    log: &mut AccessLog<'_>,
+) -> Result<Connected, Ending> {
+    if let crate::config::Backend::Addr(address) = target.backend {
+        log.backend = Some(address);
+    }
+    match connect::connect(
+        &target.backend,
+        header,
+        &live.timeouts,
+        log.metrics.handles(),
+    )
+    .await
+    {
+        Ok(connected) => {
+            log.backend = connected.address;
+            Ok(connected)
+        }
+        Err(error) => Err((error.outcome(), error.side(), Cause::Connect(error))),
+    }
+}
+
+/// A terminate route: completes the client's handshake over the bytes already read, then
+/// connects to the backend (re-encrypting with `backend_tls`) and copies plaintext both ways.
+#[allow(clippy::too_many_arguments)]
+async fn terminated<'a>(
+    socket: &mut TcpStream,
+    route: &'a Route,
+    terminate: &'a Terminate,
+    origin: Origin,
+    replay: Vec<u8>,
+    live: &'a Live,
+    shared: &Shared,
+    log: &mut AccessLog<'a>,
+) -> Ending {
+    let handshake = tls::accept(&mut *socket, &replay, terminate.server.clone());
+    let accepted = tokio::select! {
+        accepted = timeout(live.timeouts.client_hello, handshake) => accepted,
+        () = shared.shutdown.hellos.cancelled() => {
+            return (Outcome::Drained, Side::Internal, Cause::None);
+        }
+    };
+    drop(replay);
+    let mut client = match accepted {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => return (Outcome::TlsError, Side::Client, Cause::Tls(error)),
+        Err(_elapsed) => {
+            let error = TlsError::ClientTimeout;
+            return (Outcome::HelloTimeout, Side::Client, Cause::Tls(error));
+        }
+    };
+    // The negotiated protocol, borrowed from the route's list (it is one of them).
+    let negotiated = client.get_ref().1.alpn_protocol();
+    log.negotiated = negotiated.and_then(|negotiated| {
+        terminate
+            .files
+            .alpn
+            .iter()
+            .find(|protocol| &protocol[..] == negotiated)
+            .map(|protocol| &protocol[..])
+    });
+    let target = &*route.target;
+    // Read (the client certificate's name parsed) only for a PROXY header that carries it.
+    let client_tls = target.proxy_protocol.map(|_| ClientTls::of(&client));
+    let tlvs = Tlvs {
+        authority: log.offer().0.map(|name| name.as_str()),
+        alpn: log.negotiated,
+        ssl: client_tls.as_ref().map(ClientTls::ssl),
+    };
+    let header = proxy_header(target, origin, client.get_ref().0, tlvs);
+    let backend = match dial(live, target, header.as_deref(), log).await {
+        Ok(backend) => backend.stream,
+        Err(ending) => {
+            // The handshake is done: a close_notify is the alert left to send.
+            let _ = timeout(alert::LINGER, client.shutdown()).await;
+            return ending;
+        }
+    };
+    let Some(backend_tls) = &terminate.backend_tls else {
+        return copy(client, backend, live, shared, log).await;
+    };
+    let upstream = timeout(
+        live.timeouts.connect,
+        tls::connect(backend_tls, backend, log.negotiated),
+    )
+    .await;
+    match upstream {
+        Ok(Ok(backend)) => copy(client, backend, live, shared, log).await,
+        failed => {
+            let _ = timeout(alert::LINGER, client.shutdown()).await;
+            let reason = match &failed {
+                Ok(Err(error)) => tls::describe_io(error),
+                _ => "not complete in time",
+            };
+            (
+                Outcome::TlsError,
+                Side::Backend,
+                Cause::Tls(TlsError::Backend(reason)),
+            )
+        }
+    }
+}
+
+/// The PROXY protocol header `target` sends its backend first, if it sends one.
+fn proxy_header(
+    target: &Target,
+    origin: Origin,
+    client: &TcpStream,
+    tlvs: Tlvs<'_>,
+) -> Option<Vec<u8>> {
+    let version = target.proxy_protocol?;
+    let addresses = Addresses {
+        source: origin.source,
+        destination: origin
+            .destination
+            .unwrap_or_else(|| client.local_addr().unwrap_or(origin.source)),
+    };
+    let mut header = Vec::with_capacity(128);
+    proxy_protocol::encode(version, addresses, tlvs, &mut header);
+    Some(header)
+}
+
+/// Passthrough: writes `replay` to the backend and drops it, then copies both ways (with
+/// splice(2) on Linux, so an idle connection holds no buffer).
+async fn passthrough(
+    client: &mut TcpStream,
+    mut backend: TcpStream,
+    replay: Vec<u8>,
+    live: &Live,
+    shared: &Shared,
+    log: &mut AccessLog<'_>,
+) -> Ending {
+    let replayed = timeout(live.timeouts.idle, backend.write_all(&replay)).await;
+    let replay_len = replay.len() as u64;
+    drop(replay);
+    match replayed {
+        Ok(Ok(())) => log.to_backend = replay_len,
+        Ok(Err(_)) => return (Outcome::Reset, Side::Backend, Cause::None),
+        Err(_) => return (Outcome::IdleTimeout, Side::Internal, Cause::None),
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::sync::atomic::Ordering;
+
+        let activity = Activity::new();
+        let counts = super::splice::Counts::default();
+        let copy = std::pin::pin!(super::splice::copy_both_ways(
+            &*client, &backend, &activity, &counts
+        ));
+        let (outcome, side) = relay::supervise(
+            copy,
+            &activity,
+            live.timeouts.idle,
+            &shared.shutdown.splices,
+        )
+        .await;
+        log.to_backend += counts.to_backend.load(Ordering::Relaxed);
+        log.to_client = counts.to_client.load(Ordering::Relaxed);
+        (outcome, side, Cause::None)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (outcome, side, cause) = copy(client, backend, live, shared, log).await;
+        log.to_backend += replay_len;
+        (outcome, side, cause)
+    }
+}
+
+/// Copies both ways in user space until the connection ends; byte counts go to the log.
+async fn copy<C, B>(
+    client: C,
+    backend: B,
+    live: &Live,
+    shared: &Shared,
+    log: &mut AccessLog<'_>,
+) -> Ending
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut client = Counted::new(client, Side::Client, &activity);
+    let mut backend = Counted::new(backend, Side::Backend, &activity);
+    let (outcome, side) = relay::copy(
+        &mut client,
+        &mut backend,
+        &activity,
+        live.timeouts.idle,
+        &shared.shutdown.splices,
+    )
+    .await;
+    log.to_backend = backend.written;
+    log.to_client = client.written;
+    (outcome, side, Cause::None)
+}

@@ -1,0 +1,304 @@
+//! The sniff phase: from an accepted socket to a complete ClientHello, reading (never peeking)
+//! into one buffer that becomes the bytes replayed to the backend (STYLE §5).
+//!
+//! [`ClientStream`] owns the client's socket and that buffer, the way mini-redis' `Connection`
+//! owns its socket and frame buffer: [`ClientStream::sniff`] reads a PROXY header where the
+//! listener expects one, then the hello under `timeouts.client_hello`, and returns the hello and
+//! the bytes to replay as one [`Sniffed`] value, or a [`SniffError`] that says how the
+//! connection ends and which alert it earns.
+//!
+//! Memory under a flood of stalled hellos is bounded twice: the buffer grows only by the bytes
+//! that actually arrived (never by what a record header announces, never past
+//! `limits.max_client_hello`), and all pending hellos together hold at most
+//! `limits.max_pending_hello_bytes`, taken from the shared [`HelloBudget`].
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+
+use tls_parser::TlsAlertDescription;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::context::{HelloBudget, ListenerContext, Shared};
+use super::{Live, Outcome, Side};
+use crate::hello::{ClientHello, HelloError, Peeker, Progress};
+use crate::proxy_protocol::{self, Addresses, ProxyHeaderError};
+
+/// The smallest hello buffer: a header-only stall holds this much, not a whole record's worth.
+const MIN_BUFFER: usize = 512;
+/// Bytes one read takes from the socket at most (into a per-thread scratch buffer, then copied
+/// into the connection's buffer: so the buffer grows by what arrived, not by a guess).
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
+
+/// Where the client came from and where it connected to: a trusted PROXY header's addresses,
+/// or the socket's. The socket's local address is only read when a PROXY header to the backend
+/// needs it (a system call most connections don't make).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Origin {
+    pub(super) source: SocketAddr,
+    pub(super) destination: Option<SocketAddr>,
+}
+
+/// A client connection in its sniff phase: the socket, and every byte read from it so far.
+#[derive(Debug)]
+pub(super) struct ClientStream<'a> {
+    pub(super) socket: TcpStream,
+    origin: Origin,
+    /// What the client sent after any PROXY header, in order: the hello first.
+    buffer: Vec<u8>,
+    /// `limits.max_client_hello`.
+    limit: usize,
+    budget: &'a HelloBudget,
+    /// `limits.max_pending_hello_bytes`.
+    budget_limit: usize,
+    /// Bytes of `buffer` taken from `budget`, given back when the stream is dropped or the
+    /// buffer handed on.
+    budgeted: usize,
+}
+
+/// What the sniff phase yields: the hello, and everything read so far to replay.
+#[derive(Debug)]
+pub(super) struct Sniffed {
+    pub(super) hello: ClientHello,
+    /// The hello's bytes and whatever followed them, unchanged; no longer counted as pending.
+    pub(super) replay: Vec<u8>,
+}
+
+/// How the sniff phase failed. Small and `Copy`, like every per-connection error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum SniffError {
+    /// The hello was refused.
+    #[error("{0}")]
+    Hello(#[from] HelloError),
+    /// No complete hello within `timeouts.client_hello`.
+    #[error("no complete hello in time")]
+    HelloTimeout,
+    /// The client closed or reset before its hello was complete.
+    #[error("{0}")]
+    ClientClosed(Closed),
+    /// From a trusted source: the PROXY header was refused.
+    #[error("{0}")]
+    ProxyHeader(ProxyHeaderError),
+    /// From a trusted source: no PROXY header within `timeouts.proxy_header`.
+    #[error("no proxy protocol header in time")]
+    ProxyHeaderTimeout,
+    /// Over `limits.max_pending_per_ip` for the client's address.
+    #[error("over limits.max_pending_per_ip")]
+    PendingLimit,
+    /// Taking more buffer would pass `limits.max_pending_hello_bytes`.
+    #[error("over limits.max_pending_hello_bytes")]
+    HelloBudget,
+    /// Shutdown began while the hello was still arriving.
+    #[error("shutting down")]
+    Drained,
+}
+
+/// How a client went away mid-hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Closed {
+    /// An orderly close (a read of 0 bytes).
+    #[error("closed mid-hello")]
+    Eof,
+    /// A reset or another read error.
+    #[error("{}", io::Error::from(*.0))]
+    Error(io::ErrorKind),
+}
+
+impl SniffError {
+    /// How the connection ends.
+    pub(super) fn outcome(&self) -> Outcome {
+        match self {
+            Self::Hello(HelloError::NotTls) => Outcome::NotTls,
+            Self::Hello(HelloError::Sslv2) => Outcome::Sslv2,
+            Self::Hello(HelloError::TooLarge { .. }) => Outcome::HelloTooLarge,
+            Self::Hello(_) => Outcome::BadHello,
+            Self::HelloTimeout => Outcome::HelloTimeout,
+            Self::ClientClosed(_) => Outcome::ClientClosed,
+            Self::ProxyHeader(_) | Self::ProxyHeaderTimeout => Outcome::BadProxyHeader,
+            Self::PendingLimit => Outcome::PendingLimit,
+            Self::HelloBudget => Outcome::HelloBudget,
+            Self::Drained => Outcome::Drained,
+        }
+    }
+
+    /// Whose doing it was.
+    pub(super) fn side(&self) -> Side {
+        match self {
+            Self::PendingLimit | Self::HelloBudget | Self::Drained => Side::Internal,
+            _ => Side::Client,
+        }
+    }
+
+    /// The alert to send before closing, where the client speaks TLS records.
+    pub(super) fn alert(&self) -> Option<TlsAlertDescription> {
+        match self {
+            Self::Hello(error) => error.alert(),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> ClientStream<'a> {
+    /// A stream for the client at `peer`, reading hellos up to `live`'s limits.
+    pub(super) fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        live: &Live,
+        shared: &'a Shared,
+    ) -> Self {
+        Self {
+            socket,
+            origin: Origin {
+                source: peer,
+                destination: None,
+            },
+            buffer: Vec::new(),
+            limit: live.limits.max_client_hello,
+            budget: &shared.hello_budget,
+            budget_limit: live.limits.max_pending_hello_bytes,
+            budgeted: 0,
+        }
+    }
+
+    /// The client's addresses: a trusted PROXY header's once one is read, the socket's before.
+    pub(super) fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Reads a PROXY header (from a trusted source) and then the hello, each under its deadline
+    /// and until shutdown begins; counts the connection as pending for its source address while
+    /// the hello arrives.
+    pub(super) async fn sniff(
+        &mut self,
+        live: &Live,
+        listener: &ListenerContext,
+        shared: &Shared,
+    ) -> Result<Sniffed, SniffError> {
+        let shutdown = &shared.shutdown.hellos;
+        if listener.trusts(self.origin.source.ip()) {
+            tokio::select! {
+                read = timeout(live.timeouts.proxy_header, self.read_proxy_header()) => {
+                    read.map_err(|_| SniffError::ProxyHeaderTimeout)??;
+                }
+                () = shutdown.cancelled() => return Err(SniffError::Drained),
+            }
+        }
+        let Some(_pending) = shared
+            .pending
+            .enter(self.origin.source.ip(), live.limits.max_pending_per_ip)
+        else {
+            listener.metrics.over_max_pending.increment(1);
+            return Err(SniffError::PendingLimit);
+        };
+        let hello = tokio::select! {
+            read = timeout(live.timeouts.client_hello, self.read_hello()) => {
+                read.map_err(|_| SniffError::HelloTimeout)??
+            }
+            () = shutdown.cancelled() => return Err(SniffError::Drained),
+        };
+        self.budget.give_back(std::mem::take(&mut self.budgeted));
+        Ok(Sniffed {
+            hello,
+            replay: std::mem::take(&mut self.buffer),
+        })
+    }
+
+    /// Reads a PROXY header and takes it off the front of the buffer, leaving whatever followed
+    /// it (the start of the hello). A header without addresses (a health check's LOCAL) leaves
+    /// the socket's.
+    async fn read_proxy_header(&mut self) -> Result<(), SniffError> {
+        loop {
+            match proxy_protocol::decode(&self.buffer) {
+                Ok(Some(header)) => {
+                    self.buffer.drain(..header.len);
+                    if let Some(Addresses {
+                        source,
+                        destination,
+                    }) = header.addresses
+                    {
+                        self.origin = Origin {
+                            source,
+                            destination: Some(destination),
+                        };
+                    }
+                    return Ok(());
+                }
+                Ok(None) => self.read_more().await?,
+                Err(error) => return Err(SniffError::ProxyHeader(error)),
+            }
+        }
+    }
+
+    /// Reads until the peeker has a verdict, starting with what the buffer already holds.
+    async fn read_hello(&mut self) -> Result<ClientHello, SniffError> {
+        let mut peeker = Peeker::new(self.limit);
+        loop {
+            match peeker.feed(&self.buffer) {
+                Progress::NeedMore => self.read_more().await?,
+                Progress::Hello(hello) => return Ok(hello),
+                Progress::Reject(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Appends what the socket has next, waiting for it; the buffer grows by exactly what
+    /// arrived, within `limit` and the budget.
+    async fn read_more(&mut self) -> Result<(), SniffError> {
+        let spare = self.limit.saturating_sub(self.buffer.len());
+        if spare == 0 {
+            return Err(HelloError::TooLarge { limit: self.limit }.into());
+        }
+        loop {
+            self.socket
+                .readable()
+                .await
+                .map_err(|error| SniffError::ClientClosed(Closed::Error(error.kind())))?;
+            let read = SCRATCH.with_borrow_mut(|scratch| {
+                let chunk = &mut scratch[..spare.min(READ_CHUNK)];
+                match self.socket.try_read(chunk) {
+                    Ok(0) => Err(SniffError::ClientClosed(Closed::Eof)),
+                    Ok(read) => {
+                        self.reserve(read)?;
+                        self.buffer.extend_from_slice(&chunk[..read]);
+                        Ok(true)
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(error) => Err(SniffError::ClientClosed(Closed::Error(error.kind()))),
+                }
+            });
+            if read? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Makes room for `more` bytes: half again the buffer's size or what is needed, whichever is
+    /// more, never past `limit`, paid for from the budget.
+    fn reserve(&mut self, more: usize) -> Result<(), SniffError> {
+        let needed = self.buffer.len() + more;
+        if needed <= self.budgeted {
+            return Ok(());
+        }
+        let grown = needed
+            .max(self.budgeted + self.budgeted / 2)
+            .max(MIN_BUFFER)
+            .min(self.limit);
+        if !self.budget.take(grown - self.budgeted, self.budget_limit) {
+            return Err(SniffError::HelloBudget);
+        }
+        self.budgeted = grown;
+        self.buffer.reserve_exact(grown - self.buffer.len());
+        Ok(())
+    }
+}
+
+impl Drop for ClientStream<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.budgeted);
+    }
+}
