@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, Route};
 use crate::demo::{Pki, TlsBackend};
-use crate::hello::{alert_name, Alpn, ClientHello, Peeker, Progress};
+use crate::hello::{alert_name, Alpn, ClientHello, Peeker, Progress, Transport};
 use crate::name::{NamePattern, ServerName};
 use crate::route::{Reason, RouteTable};
 use crate::server::{Server, Signal};
@@ -36,9 +35,9 @@ pub struct Args {
         default_value = "routes.toml"
     )]
     config: PathBuf,
-    /// Runtime worker threads [default: the number of cores].
-    #[arg(long, global = true, value_name = "N")]
-    workers: Option<NonZeroUsize>,
+    /// Runtime worker threads, 1 to 1024 [default: the number of cores].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Access log and events on stderr, as text or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -128,10 +127,44 @@ fn init_logging(format: LogFormat) -> anyhow::Result<crate::log::FlushOnDrop> {
     Ok(guard)
 }
 
-fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// Descriptors an open connection holds: the client's socket and the backend's.
+const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for listeners, the metrics endpoint, the config watcher, and pipes while
+/// bursts are spliced (at most 8,192 pipes of two ends, far fewer in practice).
+const SPARE_DESCRIPTORS: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard limit, as HAProxy sizes it from maxconn, and
+/// warns when even that is below what `max_connections` needs: past it, the proxy's own connects
+/// and accepts fail (`internal_error`, accept errors) rather than any backend's.
+#[cfg(target_os = "linux")]
+fn raise_descriptor_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the open files limit");
+        }
+    }
+    let limit = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let needed = max_connections as u64 * DESCRIPTORS_PER_CONNECTION + SPARE_DESCRIPTORS;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open files limit is below what limits.max_connections needs; raise it (LimitNOFILE= under systemd, ulimit -n) or lower max_connections"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_descriptor_limit(_max_connections: usize) {}
+
+fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = workers {
-        builder.worker_threads(workers.get());
+        builder.worker_threads(usize::from(workers));
     }
     builder
         .enable_all()
@@ -142,6 +175,7 @@ fn runtime(workers: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runt
 /// Binds, installs the signal handlers, then serves until SIGTERM or SIGINT.
 async fn serve(path: &Path, config: &Config) -> anyhow::Result<()> {
     let server = Server::bind(path, config).await?;
+    raise_descriptor_limit(config.limits.max_connections);
     let signals = forward_signals()?;
     server.run(signals).await;
     Ok(())
@@ -183,6 +217,7 @@ fn in_match_order(config: &Config) -> Vec<&Route> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
+    crate::server::refuse_loops(path, &config)?;
     let mut out = String::new();
     writeln!(out, "{}: ok", path.display())?;
     for listen in &config.listeners {
@@ -301,10 +336,13 @@ fn alpn_list(route: &Route) -> String {
 
 fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()> {
     let config = config::load(path)?;
+    // As the proxy reads a hello: an IP address in server_name is no name at all.
+    let ip_literal = sni.is_some_and(|sni| crate::name::is_ip_literal(sni.as_bytes()));
     let server_name = sni
+        .filter(|_| !ip_literal)
         .map(|sni| {
             ServerName::parse(sni.as_bytes())
-                .with_context(|| format!("--sni \"{}\"", sni.escape_debug()))
+                .with_context(|| format!("--sni {}", config::quoted(sni)))
         })
         .transpose()?;
     let Some(offer) = Alpn::from_protocols(alpn) else {
@@ -316,7 +354,11 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
     writeln!(
         out,
         "sni      {}",
-        server_name.as_ref().map_or("(none)", ServerName::as_str)
+        match (&server_name, ip_literal) {
+            (Some(name), _) => name.as_str(),
+            (None, true) => "(none: an IP address in server_name is read as no name)",
+            (None, false) => "(none)",
+        }
     )?;
     writeln!(
         out,
@@ -347,22 +389,35 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
     emit(&out)
 }
 
+/// Reads the capture a chunk at a time, feeding the peeker as it goes, and stops at its verdict
+/// or at `limits.max_client_hello`'s default: `peek /dev/zero` answers at once.
 fn peek(file: Option<&Path>) -> anyhow::Result<()> {
-    let (label, bytes) = match file {
+    let (label, mut input): (String, Box<dyn Read>) = match file {
         Some(path) => (
             path.display().to_string(),
-            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+            Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?,
+            ),
         ),
-        None => {
-            let mut bytes = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut bytes)
-                .context("stdin: cannot read")?;
-            ("stdin".to_owned(), bytes)
+        None => ("stdin".to_owned(), Box::new(std::io::stdin())),
+    };
+    let limit = config::Limits::default().max_client_hello;
+    let mut peeker = Peeker::new(limit);
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let verdict = loop {
+        let spare = chunk.len().min(limit - bytes.len());
+        let read = input
+            .read(&mut chunk[..spare])
+            .with_context(|| format!("{label}: cannot read"))?;
+        bytes.extend_from_slice(&chunk[..read]);
+        match peeker.feed(&bytes) {
+            Progress::NeedMore if read > 0 && bytes.len() < limit => continue,
+            progress => break progress,
         }
     };
-    let limit = config::Limits::default().max_client_hello.max(bytes.len());
-    match Peeker::new(limit).feed(&bytes) {
+    match verdict {
         Progress::Hello(hello) => emit(&describe_hello(&hello)?)?,
         Progress::NeedMore => bail!("{label}: incomplete client hello ({} bytes)", bytes.len()),
         Progress::Reject(error) => match error.alert() {
@@ -403,6 +458,8 @@ fn describe_hello(hello: &ClientHello) -> Result<String, std::fmt::Error> {
             hello.alpn.to_string()
         }
     )?;
+    writeln!(out, "ja4                   {}", hello.ja4(Transport::Tcp))?;
+    writeln!(out, "ech                   {}", hello.ech.as_str())?;
     writeln!(
         out,
         "records               {} ({} bytes)",
@@ -467,8 +524,16 @@ async fn demo() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("demo backend: cannot bind {address}"))?;
     }
-    let ca_path = std::env::temp_dir().join(format!("sniroute-demo-{}-ca.pem", std::process::id()));
-    std::fs::write(&ca_path, pki.ca_pem())
+    // One fixed name, so the README's curl commands work as written (the demo's fixed ports
+    // already mean one demo at a time). Removed first and created new, never written through
+    // a link someone left there.
+    let ca_path = std::env::temp_dir().join("sniroute-demo-ca.pem");
+    let _ = std::fs::remove_file(&ca_path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&ca_path)
+        .and_then(|mut file| file.write_all(pki.ca_pem().as_bytes()))
         .with_context(|| format!("{}: cannot write", ca_path.display()))?;
 
     let server = Server::bind(path, &config).await?;

@@ -174,6 +174,7 @@ pub fn route(data: &[u8]) {
     }
     let target = Arc::new(Target {
         backend: Backend::Addr(([127, 0, 0, 1], 9).into()),
+        backend_position: (1, 1),
         proxy_protocol: None,
         terminate: None,
     });

@@ -48,3 +48,4 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod terminate;
+pub mod watch;

@@ -9,8 +9,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -22,8 +21,14 @@ const BATCH_PERIOD: Duration = Duration::from_millis(5);
 /// Bytes written to stderr at once at most.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Lines dropped because the writer thread's buffer was full.
+/// At exit, how long lines still waiting may take to be written before they are given up (a
+/// stderr nobody reads must not keep the process from exiting).
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Lines dropped because the writer thread's buffer was full, or given up at exit.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Lines handed to the writer thread and not yet written.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
 
 /// Lines dropped so far because stderr could not keep up.
 pub fn dropped_lines() -> u64 {
@@ -31,24 +36,39 @@ pub fn dropped_lines() -> u64 {
 }
 
 /// Starts the writer thread; returns the `MakeWriter` for the subscriber and a guard that, when
-/// dropped, writes what is still buffered and stops the thread.
+/// dropped, writes what is still buffered (within [`FLUSH_DEADLINE`]) and stops the thread.
 ///
 /// # Errors
 /// The thread could not be started.
 pub fn start() -> io::Result<(Lines, FlushOnDrop)> {
+    start_writing_to(io::stderr(), FLUSH_DEADLINE)
+}
+
+fn start_writing_to(
+    mut out: impl Write + Send + 'static,
+    deadline: Duration,
+) -> io::Result<(Lines, FlushOnDrop)> {
     let (sender, receiver) = mpsc::sync_channel(BUFFERED_LINES);
-    let thread = std::thread::Builder::new()
+    let (finished, done) = mpsc::channel();
+    std::thread::Builder::new()
         .name("sniroute-log".to_owned())
-        .spawn(move || write_batches(&receiver, &mut io::stderr()))?;
+        .spawn(move || write_until_stopped(&receiver, &mut out, &finished))?;
     Ok((
         Lines {
             sender: sender.clone(),
         },
         FlushOnDrop {
             sender,
-            thread: Some(thread),
+            done,
+            deadline,
         },
     ))
+}
+
+/// The writer thread: [`write_batches`], then word that it finished.
+fn write_until_stopped(receiver: &Receiver<Vec<u8>>, out: &mut impl Write, finished: &Sender<()>) {
+    write_batches(receiver, out);
+    let _ = finished.send(());
 }
 
 /// The writer thread's loop: block for a line, then batch while lines keep coming. Ends when
@@ -59,15 +79,18 @@ fn write_batches(receiver: &Receiver<Vec<u8>>, out: &mut impl Write) {
     let mut next = receiver.recv();
     while let Ok(line) = next {
         let mut stop = line.is_empty();
+        let mut lines = u64::from(!stop);
         batch.extend_from_slice(&line);
         while !stop {
             match receiver.try_recv() {
                 Ok(line) if line.is_empty() => stop = true,
                 Ok(line) => {
+                    lines += 1;
                     batch.extend_from_slice(&line);
                     if batch.len() >= BATCH_BYTES {
                         let _ = out.write_all(&batch);
                         batch.clear();
+                        QUEUED.fetch_sub(std::mem::take(&mut lines), Ordering::Relaxed);
                     }
                 }
                 Err(TryRecvError::Empty) => break,
@@ -78,6 +101,7 @@ fn write_batches(receiver: &Receiver<Vec<u8>>, out: &mut impl Write) {
             let _ = out.write_all(&batch);
             batch.clear();
         }
+        QUEUED.fetch_sub(lines, Ordering::Relaxed);
         if stop {
             return;
         }
@@ -129,31 +153,39 @@ impl Write for Line<'_> {
 
 impl Drop for Line<'_> {
     fn drop(&mut self) {
-        if !self.buffer.is_empty()
-            && self
-                .sender
-                .try_send(std::mem::take(&mut self.buffer))
-                .is_err()
+        if self.buffer.is_empty() {
+            return;
+        }
+        QUEUED.fetch_add(1, Ordering::Relaxed);
+        if self
+            .sender
+            .try_send(std::mem::take(&mut self.buffer))
+            .is_err()
         {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Stops the writer thread once everything logged before is written. Keep it until exit.
+/// Stops the writer thread once everything logged before is written, or gives the rest up at
+/// the deadline (counted as dropped). Keep it until exit.
 #[derive(Debug)]
 pub struct FlushOnDrop {
     sender: SyncSender<Vec<u8>>,
-    thread: Option<JoinHandle<()>>,
+    done: Receiver<()>,
+    deadline: Duration,
 }
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
         // An empty line is "flush and stop"; the channel is in order, so everything logged before
-        // it is written first.
-        let _ = self.sender.send(Vec::new());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        // it is written first. A full channel (stderr stuck) can't take it: then the deadline
+        // decides.
+        let _ = self.sender.try_send(Vec::new());
+        if self.done.recv_timeout(self.deadline).is_err() {
+            // The writer is stuck in a write nobody reads; the process exits without it.
+            DROPPED.fetch_add(QUEUED.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 }
@@ -161,6 +193,34 @@ impl Drop for FlushOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stderr nobody reads: every write blocks forever.
+    struct Stuck;
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_stderr_does_not_hold_up_the_exit_and_its_lines_count_as_dropped() {
+        let (lines, guard) = start_writing_to(Stuck, Duration::from_millis(10)).unwrap();
+        let before = dropped_lines();
+        for number in 0..10 {
+            let mut line = lines.make_writer();
+            writeln!(line, "line {number}").unwrap();
+        }
+        // Returns (the hang guard of the test runner catches it if not) and gives the lines up.
+        drop(guard);
+        assert!(dropped_lines() > before);
+    }
 
     #[test]
     fn lines_arrive_in_order_and_the_writer_stops_at_the_flush_mark() {

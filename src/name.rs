@@ -41,6 +41,12 @@ pub enum NameError {
     BadWildcard,
 }
 
+/// Whether `raw` is an IP address literal. RFC 6066 §3 forbids one in server_name, but some
+/// clients send one; like rustls, sniroute reads it as no name at all, so no route can match it.
+pub fn is_ip_literal(raw: &[u8]) -> bool {
+    std::str::from_utf8(raw).is_ok_and(|text| text.parse::<std::net::IpAddr>().is_ok())
+}
+
 /// A DNS name, lowercase, without a trailing dot, checked to be letters, digits, `-`, `_` and
 /// dots, with no empty label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -48,11 +48,14 @@ pub enum Outcome {
     /// sniroute itself could not go on: out of file descriptors or memory (the log's `cause`
     /// says which). Not the backend's fault, and not counted against it.
     InternalError,
+    /// The hello was the proxy's own, replayed to a backend that led back to one of its
+    /// listeners: a routing loop, closed at once.
+    RoutingLoop,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 20] = [
         Self::Ok,
         Self::NotTls,
         Self::Sslv2,
@@ -72,6 +75,7 @@ impl Outcome {
         Self::BadProxyHeader,
         Self::TlsError,
         Self::InternalError,
+        Self::RoutingLoop,
     ];
 
     /// This outcome's position in [`Outcome::ALL`].
@@ -101,6 +105,7 @@ impl Outcome {
             Self::BadProxyHeader => "bad_proxy_header",
             Self::TlsError => "tls_error",
             Self::InternalError => "internal_error",
+            Self::RoutingLoop => "routing_loop",
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{self, Config, ConfigError, Listen, ListenKey};
 use crate::metrics as series;
 use crate::proxy::{Listener, ListenerContext, Live, Shared};
+use crate::watch::ConfigWatch;
 
 /// How long a burst of file events (an editor writes, renames, touches) settles before one
 /// reload.
@@ -63,7 +64,7 @@ pub struct Server {
     report: watch::Sender<ReloadReport>,
     /// Changes to the config file, watched from `bind` on so that none is missed.
     file_changes: mpsc::Receiver<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watch: Option<ConfigWatch>,
 }
 
 impl Server {
@@ -72,6 +73,7 @@ impl Server {
     /// # Errors
     /// A listener that can't be bound, as a [`ConfigError`] naming its line in `path`.
     pub async fn bind(path: &Path, config: &Config) -> Result<Self, ConfigError> {
+        refuse_loops(path, config)?;
         // The recorder goes in before any handle is made, or those handles would record nothing.
         let metrics = match &config.metrics {
             Some(listen) => {
@@ -91,7 +93,7 @@ impl Server {
         };
         let (file_events, file_changes) = mpsc::channel(1);
         Ok(Self {
-            _watcher: watch_file(path, file_events),
+            watch: ConfigWatch::start(path, file_events),
             file_changes,
             path: path.to_owned(),
             listeners,
@@ -191,6 +193,10 @@ impl Server {
     /// Loads the config file again and applies it whole, or refuses it with one WARN line and
     /// keeps everything as it was.
     async fn reload(&mut self, running: &mut Running<'_>) {
+        // A reload may follow a symlink swap: watch where the path leads now.
+        if let Some(watch) = &mut self.watch {
+            watch.refresh();
+        }
         let result = match config::load(&self.path) {
             Ok(config) => self.prepare(&config, running).await.map(|prepared| {
                 self.apply(&config, prepared, running);
@@ -232,6 +238,7 @@ impl Server {
         config: &Config,
         running: &Running<'_>,
     ) -> Result<Prepared, ConfigError> {
+        refuse_loops(&self.path, config)?;
         for (index, listen) in config.listeners.iter().enumerate() {
             if let Some(kept) = running.listeners.get(&listen.key()) {
                 if kept.reuse_port != listen.reuse_port {
@@ -412,42 +419,70 @@ async fn bind_listeners<T>(
     Ok(listeners)
 }
 
-/// Sends `()` on `events` whenever the file at `path` changes, is replaced or is created. The
-/// directory is watched, not the file, so a replacement by rename is seen. `None` (with a WARN
-/// line) where the platform can't watch; SIGHUP still reloads.
-fn watch_file(path: &Path, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-
-    let file_name = path.file_name()?.to_owned();
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let handler = move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        if event
-            .paths
+/// Refuses a route (or `[default]`) whose backend is one of the config's own listeners: the
+/// listener's address itself, or, for a listener on a wildcard address, any local address with
+/// its port. One hello to such a route would loop through the proxy until descriptors ran out.
+/// Backends named by host are resolved only at connect time; a loop through one is caught on
+/// the wire (outcome `routing_loop`).
+///
+/// # Errors
+/// The first such route, located at its `backend`.
+pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
+    let routes = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(index, route)| (format!("route[{index}]"), route));
+    for (key, route) in routes.chain(
+        config
+            .default
             .iter()
-            .any(|changed| changed.file_name() == Some(&file_name))
-        {
-            // A full channel already holds a pending reload.
-            let _ = events.try_send(());
-        }
-    };
-    let watching = notify::recommended_watcher(handler).and_then(|mut watcher| {
-        watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
-        Ok(watcher)
-    });
-    match watching {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(%error, directory = %directory.display(), "cannot watch the config file; reload with SIGHUP");
-            None
-        }
+            .map(|route| ("default".to_owned(), route)),
+    ) {
+        let config::Backend::Addr(backend) = route.target.backend else {
+            continue;
+        };
+        let Some((index, listen)) = config
+            .listeners
+            .iter()
+            .enumerate()
+            .find(|(_, listen)| reaches(listen.address, backend))
+        else {
+            continue;
+        };
+        return Err(ConfigError {
+            file: path.to_owned(),
+            position: Some(route.target.backend_position),
+            key: format!("{key}.backend"),
+            message: format!(
+                "{backend} is this proxy's own listen[{index}] ({}): a routing loop",
+                listen.address
+            ),
+        });
     }
+    Ok(())
+}
+
+/// Whether connecting to `backend` reaches a socket listening on `listener`.
+fn reaches(listener: SocketAddr, backend: SocketAddr) -> bool {
+    if listener.port() != backend.port() || listener.port() == 0 {
+        return false;
+    }
+    if listener.ip() == backend.ip() {
+        return true;
+    }
+    // A wildcard listener takes every local address of its family (`[::]` both, dual-stack).
+    listener.ip().is_unspecified()
+        && (listener.is_ipv6() || backend.is_ipv4())
+        && is_local(backend.ip())
+}
+
+/// Whether `ip` is one of this machine's addresses: loopback, unspecified (connecting to it
+/// reaches the machine), or one a socket can be bound to.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Binds `listen` (which routes.toml names as `key`), or says which line couldn't be bound.

@@ -144,9 +144,14 @@ fn peek_prints_what_the_peeker_sees() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "server name           openssl.capture.test");
     assert_eq!(lines[1], "alpn                  h2,http/1.1");
-    assert_eq!(lines[2], "records               1 (344 bytes)");
+    assert_eq!(
+        lines[2],
+        "ja4                   t13d3111h2_e8f1e7e78f70_1f22a2ca17c4"
+    );
+    assert_eq!(lines[3], "ech                   none");
+    assert_eq!(lines[4], "records               1 (344 bytes)");
     assert!(
-        lines[5].starts_with("supported versions    0x0304"),
+        lines[7].starts_with("supported versions    0x0304"),
         "{stdout}"
     );
 
@@ -203,4 +208,163 @@ async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
     assert!(ja4.starts_with("t13d") && ja4.len() == 36, "{ja4}");
 
     assert_eq!(binary.terminate().await, Some(0));
+}
+
+/// A backend that is one of the proxy's own listeners would loop every hello through it until
+/// descriptors ran out: refused by `check` and at start-up, at the backend's line.
+#[test]
+fn a_backend_that_is_one_of_the_proxys_own_listeners_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (listen, backend) in [
+        ("127.0.0.1:31443", "127.0.0.1:31443"),
+        ("0.0.0.0:31443", "127.0.0.2:31443"),
+        ("[::]:31443", "127.0.0.1:31443"),
+    ] {
+        let path = write_config(
+            dir.path(),
+            &format!("[[listen]]\naddress = \"{listen}\"\n[default]\nbackend = \"{backend}\"\n"),
+        );
+        let expected = format!(
+            "{}:4:11: default.backend: {backend} is this proxy's own listen[0] ({listen}): a routing loop\n",
+            path.display()
+        );
+        for args in [
+            vec!["check", "--config", path.to_str().unwrap()],
+            vec!["--config", path.to_str().unwrap()],
+        ] {
+            let output = sniroute(&args);
+            assert_eq!(output.status.code(), Some(1), "{args:?}");
+            assert_eq!(text(&output.stderr), expected, "{args:?}");
+        }
+    }
+}
+
+#[test]
+fn overlapping_listeners_are_refused_by_check_not_found_at_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[[listen]]\naddress = \"0.0.0.0:31444\"\n[[listen]]\naddress = \"127.0.0.1:31444\"\n",
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:4:11: listen[1].address: 0.0.0.0:31444 overlaps listen[0]\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn an_ip_address_route_is_refused_and_explain_answers_as_the_proxy_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"192.0.2.7\"\nbackend = \"127.0.0.1:1\"\n",
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:4:7: route[0].sni: an IP address is not a server name: clients that connect by IP send none (route them with [default])\n",
+            path.display()
+        )
+    );
+    for ip in ["192.0.2.7", "::1"] {
+        let output = sniroute(&["explain", "--config", &example(), "--sni", ip]);
+        assert_eq!(output.status.code(), Some(0), "{ip}");
+        assert!(
+            text(&output.stdout)
+                .starts_with("sni      (none: an IP address in server_name is read as no name)\n"),
+            "{ip}: {}",
+            text(&output.stdout)
+        );
+    }
+}
+
+#[test]
+fn bad_command_line_values_are_one_line() {
+    for (args, expected) in [
+        (
+            vec!["--workers", "100000", "check"],
+            "invalid value '100000' for '--workers <N>': 100000 is not in 1..=1024\n",
+        ),
+        (
+            vec!["--workers", "0", "check"],
+            "invalid value '0' for '--workers <N>': 0 is not in 1..=1024\n",
+        ),
+    ] {
+        let output = sniroute(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(text(&output.stderr), expected, "{args:?}");
+    }
+}
+
+/// A 5 MB value is quoted as its first characters and its size, not echoed whole.
+#[test]
+fn a_huge_value_is_cut_in_the_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "a".repeat(5_000_000);
+    let path = write_config(
+        dir.path(),
+        &format!("[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"{huge}\"\nbackend = \"127.0.0.1:1\"\n{huge} = 1\n"),
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let line = text(&output.stderr);
+    assert_eq!(line.lines().count(), 1);
+    assert!(line.len() < 1000, "{} bytes", line.len());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"{huge}\"\nbackend = \"127.0.0.1:1\"\n"),
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:4:7: route[0].sni: \"{}…\" (5000000 bytes): name longer than 255 bytes\n",
+            path.display(),
+            "a".repeat(64)
+        )
+    );
+}
+
+/// `peek` stops at the first bytes that settle the verdict, or at the limit: an endless input
+/// gets an answer.
+#[test]
+fn peek_answers_an_endless_input() {
+    let output = sniroute(&["peek", "/dev/zero"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        "/dev/zero: rejected: not tls (closed without an alert)\n"
+    );
+    // An endless stream of one-byte handshake records: refused at the limit.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("records");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut out = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            let mut record = vec![22, 3, 1, 0, 4, 1, 0, 0xff, 0xff];
+            while out.write_all(&record).is_ok() {
+                record = vec![22, 3, 3, 0, 1, 0];
+            }
+        })
+    };
+    let output = sniroute(&["peek", fifo.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("rejected: client hello over 65536 bytes"),
+        "{}",
+        text(&output.stderr)
+    );
+    writer.join().unwrap();
 }

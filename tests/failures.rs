@@ -282,3 +282,33 @@ async fn one_address_with_too_many_pending_hellos_is_refused_while_others_are_se
     assert_eq!(read_until_closed(&mut again).await, b"served");
     proxy.shutdown().await;
 }
+
+/// A route whose backend leads back to the proxy's own listener (through a name, which `check`
+/// can't see): the replayed hello comes back, is recognised as the proxy's own and closed at once,
+/// so one hello costs two connections, not every descriptor, and other routes go on.
+#[tokio::test]
+async fn a_routing_loop_through_a_name_is_closed_at_the_first_hop() {
+    let served = tls_backend("served", &["served.test"]).await;
+    let mut proxy = Proxy::start(&format!(
+        "[[route]]\nsni = \"served.test\"\nbackend = \"{served}\"\n"
+    ))
+    .await;
+    let port = proxy.address.port();
+    let report = proxy
+        .reload_with(&format!(
+            "[[route]]\nsni = \"served.test\"\nbackend = \"{served}\"\n\
+             [[route]]\nsni = \"loop.test\"\nbackend = \"localhost:{port}\"\n"
+        ))
+        .await;
+    assert_eq!(report.refused, None);
+    for _ in 0..3 {
+        let hello = ClientHelloBuilder::new().server_name("loop.test").record();
+        // Closed (nothing comes back) instead of looping until descriptors run out.
+        assert_eq!(send_raw(proxy.address, &hello).await, b"");
+    }
+    assert_eq!(
+        who_answers(proxy.address, "served.test", &[]).await,
+        "served"
+    );
+    proxy.shutdown().await;
+}

@@ -150,3 +150,49 @@ async fn changing_the_file_reloads_it_whether_rewritten_or_replaced_by_rename() 
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "one");
     proxy.shutdown().await;
 }
+
+/// A Kubernetes ConfigMap volume: `routes.toml -> ..data/routes.toml`, `..data -> ..2026_01_01`.
+/// The kubelet updates it by writing `..2026_01_02` and renaming a new `..data` symlink into
+/// place; no file called routes.toml is touched, yet the proxy must reload. Then an in-place
+/// edit of the file the chain now leads to is seen too.
+#[tokio::test]
+async fn a_configmap_update_by_symlink_swap_reloads_and_so_does_an_edit_of_its_target() {
+    use std::os::unix::fs::symlink;
+
+    let one = tls_backend("one", &["app.test"]).await;
+    let two = tls_backend("two", &["app.test"]).await;
+    let three = tls_backend("three", &["app.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let version = |name: &str, backend| {
+        std::fs::create_dir(root.join(name)).unwrap();
+        std::fs::write(
+            root.join(name).join("routes.toml"),
+            Proxy::config_text(&route("app.test", backend)),
+        )
+        .unwrap();
+    };
+    version("..2026_01_01", one);
+    symlink("..2026_01_01", root.join("..data")).unwrap();
+    symlink("..data/routes.toml", root.join("routes.toml")).unwrap();
+    let mut proxy = Proxy::start_at(dir, root.join("routes.toml")).await;
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "one");
+
+    let before = proxy.reload_count();
+    version("..2026_01_02", two);
+    symlink("..2026_01_02", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    let report = proxy.next_reload(before).await;
+    assert_eq!(report.refused, None);
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "two");
+
+    let before = proxy.reload_count();
+    std::fs::write(
+        root.join("..2026_01_02/routes.toml"),
+        Proxy::config_text(&route("app.test", three)),
+    )
+    .unwrap();
+    proxy.next_reload(before).await;
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "three");
+    proxy.shutdown().await;
+}

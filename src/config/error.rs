@@ -49,6 +49,38 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Characters of a value an error message shows; longer values are cut, with a marker.
+const SHOWN_CHARS: usize = 64;
+/// Bytes of message an error line carries at most, whatever it quotes.
+const MAX_MESSAGE: usize = 300;
+/// Bytes of key path an error line carries at most (a key is a name someone typed).
+const MAX_KEY: usize = 100;
+
+/// A value as an error message quotes it: escaped, in double quotes, and cut to its first
+/// [`SHOWN_CHARS`] characters with a marker when longer, so a 50 MB value gives a short line.
+pub fn quoted(value: &str) -> String {
+    let mut shown: String = value.chars().take(SHOWN_CHARS).collect();
+    shown = shown.escape_debug().to_string();
+    if value.chars().nth(SHOWN_CHARS).is_some() {
+        format!("\"{shown}…\" ({} bytes)", value.len())
+    } else {
+        format!("\"{shown}\"")
+    }
+}
+
+/// `text` cut to `max` bytes (at a character boundary) with a marker.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
+    text
+}
+
 /// Builds [`ConfigError`]s for one file's text.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Source<'a> {
@@ -75,8 +107,8 @@ impl Source<'_> {
         ConfigError {
             file: self.file.to_owned(),
             position: Some(self.line_column(span.start)),
-            key: key.into(),
-            message: message.into(),
+            key: bounded(key.into(), MAX_KEY),
+            message: bounded(message.into(), MAX_MESSAGE),
         }
     }
 
@@ -138,7 +170,7 @@ impl Source<'_> {
                 let key = key_path(self.text, span.start).unwrap_or_default();
                 self.error(span, key, message)
             }
-            None => ConfigError::file(self.file, message),
+            None => ConfigError::file(self.file, bounded(message, MAX_MESSAGE)),
         }
     }
 }

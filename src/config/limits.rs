@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, Source};
+use super::error::{quoted, ConfigError, Source};
 use super::raw::{RawLimits, RawTimeouts};
 
 /// `[timeouts]`.
@@ -91,8 +91,8 @@ pub(super) fn timeouts(source: Source<'_>, raw: &RawTimeouts) -> Result<Timeouts
                 value,
                 format!("timeouts.{key}"),
                 format!(
-                    "expected a duration like \"10s\" or \"500ms\", found \"{}\"",
-                    value.get_ref().escape_debug()
+                    "expected a duration like \"10s\" or \"500ms\", found {}",
+                    quoted(value.get_ref())
                 ),
             )),
         },

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use toml::Spanned;
 
-use super::error::{ConfigError, Source};
+use super::error::{quoted, ConfigError, Source};
 use super::raw::RawListen;
 use crate::proxy_protocol::Cidr;
 
@@ -80,7 +80,7 @@ pub(super) fn listeners(
                     return Err(source.at(
                         protocol,
                         format!("{key}.protocol"),
-                        format!("expected \"tls\", found \"{}\"", other.escape_debug()),
+                        format!("expected \"tls\", found {}", quoted(other)),
                     ))
                 }
             },
@@ -147,8 +147,8 @@ pub(super) fn socket_address(
             value,
             key,
             format!(
-                "expected an address like 127.0.0.1:8443 or [::1]:8443, found \"{}\"",
-                value.get_ref().escape_debug()
+                "expected an address like 127.0.0.1:8443 or [::1]:8443, found {}",
+                quoted(value.get_ref())
             ),
         )
     })?;

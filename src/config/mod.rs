@@ -15,8 +15,8 @@ mod route;
 
 use std::path::Path;
 
-pub use error::ConfigError;
 use error::Source;
+pub use error::{quoted, ConfigError};
 pub use limits::{Limits, Timeouts};
 pub use listen::{Listen, ListenKey, Protocol};
 use raw::RawConfig;

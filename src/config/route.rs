@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName as ServerNameTls;
 use toml::{Spanned, Value};
 
-use super::error::{ConfigError, Source};
+use super::error::{quoted, ConfigError, Source};
 use super::raw::{RawBackendTls, RawDefault, RawRoute, RawTerminate};
 use crate::name::{NamePattern, ServerName};
 use crate::proxy_protocol::Version;
@@ -45,6 +45,8 @@ pub struct Route {
 pub struct Target {
     /// Where the connection goes.
     pub backend: Backend,
+    /// Where routes.toml names the backend (line, column), for faults found after loading.
+    pub backend_position: (usize, usize),
     /// The PROXY protocol header sent to the backend before the client's bytes, if any.
     pub proxy_protocol: Option<Version>,
     /// `None`: passthrough (the hello and everything after it go to the backend unchanged);
@@ -78,7 +80,7 @@ impl Backend {
         if let Ok(addr) = raw.parse() {
             return Ok(Self::Addr(addr));
         }
-        let expected = || format!("expected host:port, found \"{}\"", raw.escape_debug());
+        let expected = || format!("expected host:port, found {}", quoted(raw));
         let (host, port) = raw.rsplit_once(':').ok_or_else(expected)?;
         let port: u16 = port.parse().map_err(|_| expected())?;
         if port == 0 || host.contains(':') {
@@ -155,12 +157,12 @@ fn target(
     for (name, value) in target.unsupported {
         unsupported(source, key, name, value)?;
     }
-    let backend = target
+    let raw_backend = target
         .backend
         .as_ref()
         .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
-    let backend = Backend::parse(backend.get_ref())
-        .map_err(|message| source.at(backend, format!("{key}.backend"), message))?;
+    let backend = Backend::parse(raw_backend.get_ref())
+        .map_err(|message| source.at(raw_backend, format!("{key}.backend"), message))?;
     let proxy_protocol = match target.proxy_protocol {
         None => None,
         Some(version) => match version.get_ref().as_str() {
@@ -170,10 +172,7 @@ fn target(
                 return Err(source.at(
                     version,
                     format!("{key}.proxy_protocol"),
-                    format!(
-                        "expected \"v1\" or \"v2\", found \"{}\"",
-                        other.escape_debug()
-                    ),
+                    format!("expected \"v1\" or \"v2\", found {}", quoted(other)),
                 ))
             }
         },
@@ -197,6 +196,7 @@ fn target(
     };
     Ok(Arc::new(Target {
         backend,
+        backend_position: source.line_column(raw_backend.span().start),
         proxy_protocol,
         terminate,
     }))
@@ -253,8 +253,8 @@ fn upstream_tls(
                 name,
                 format!("{table}.server_name"),
                 format!(
-                    "expected a DNS name or IP address, found \"{}\"",
-                    name.get_ref().escape_debug()
+                    "expected a DNS name or IP address, found {}",
+                    quoted(name.get_ref())
                 ),
             )
         })?,
@@ -310,11 +310,18 @@ pub(super) fn route_from_raw(
 ) -> Result<Route, ConfigError> {
     let key = format!("route[{index}]");
     let raw = spanned.get_ref();
+    if crate::name::is_ip_literal(raw.sni.get_ref().as_bytes()) {
+        return Err(source.at(
+            &raw.sni,
+            format!("{key}.sni"),
+            "an IP address is not a server name: clients that connect by IP send none (route them with [default])",
+        ));
+    }
     let sni = NamePattern::parse(raw.sni.get_ref()).map_err(|error| {
         source.at(
             &raw.sni,
             format!("{key}.sni"),
-            format!("\"{}\": {error}", raw.sni.get_ref().escape_debug()),
+            format!("{}: {error}", quoted(raw.sni.get_ref())),
         )
     })?;
     let alpn = match &raw.alpn {

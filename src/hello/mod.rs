@@ -127,6 +127,10 @@ pub struct ClientHello {
     pub ech: Ech,
     /// `legacy_version` from the hello body.
     pub legacy_version: u16,
+    /// The first 8 bytes of the hello's random (RFC 8446 §4.1.2: 32 bytes from a secure
+    /// random source, so unique per connection): how the proxy recognises its own replayed
+    /// hello coming back to it through a routing loop.
+    pub random_prefix: u64,
     /// supported_versions (RFC 8446 §4.2.1), in order, GREASE included.
     pub supported_versions: Vec<u16>,
     /// Cipher suites, in order, GREASE included.

@@ -58,6 +58,10 @@ pub(super) fn client_hello(message: &[u8]) -> Result<ClientHello, HelloError> {
     }
     let mut hello = ClientHello {
         legacy_version: contents.version.0,
+        random_prefix: contents
+            .random
+            .first_chunk::<8>()
+            .map_or(0, |prefix| u64::from_be_bytes(*prefix)),
         cipher_suites: contents.ciphers.iter().map(|suite| suite.0).collect(),
         message_len: message.len(),
         ..ClientHello::default()
@@ -145,9 +149,7 @@ fn server_name(data: &[u8]) -> Result<Option<ServerName>, HelloError> {
 /// One host_name. An IP address is not a host name (RFC 6066 §3), but some clients send one:
 /// like rustls, take it as no name at all rather than refuse the hello.
 fn host_name(name: &[u8]) -> Result<Option<ServerName>, HelloError> {
-    let is_ip =
-        std::str::from_utf8(name).is_ok_and(|text| text.parse::<std::net::IpAddr>().is_ok());
-    if is_ip {
+    if crate::name::is_ip_literal(name) {
         return Ok(None);
     }
     ServerName::parse(name)

@@ -4,19 +4,55 @@
 //! client; this builds the shapes real clients won't send on request: oversize and padded hellos,
 //! two host names, empty ALPN protocols, a hello cut into any number of records.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Builders made so far: each gets its own random, as each real connection does.
+static BUILDERS: AtomicU64 = AtomicU64::new(0);
+
 /// Builds a TLS 1.3-style ClientHello handshake message.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientHelloBuilder {
+    random: [u8; 32],
     server_names: Vec<Vec<u8>>,
     alpn: Option<Vec<Vec<u8>>>,
     padding: Option<usize>,
     extensions: Vec<(u16, Vec<u8>)>,
 }
 
+impl Default for ClientHelloBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ClientHelloBuilder {
-    /// A hello with no server_name, no ALPN and the usual TLS 1.3 extensions.
+    /// A hello with no server_name, no ALPN and the usual TLS 1.3 extensions, and a random of
+    /// its own (a real client's is unique per connection; the proxy relies on that to see its
+    /// own hello coming back through a routing loop).
     pub fn new() -> Self {
-        Self::default()
+        let mut state = BUILDERS.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 32];
+        for chunk in random.chunks_exact_mut(8) {
+            // splitmix64: distinct, well-spread values from a counter.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut mixed = state;
+            mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            chunk.copy_from_slice(&(mixed ^ (mixed >> 31)).to_be_bytes());
+        }
+        Self {
+            random,
+            server_names: Vec::new(),
+            alpn: None,
+            padding: None,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Sets the random (32 bytes after the version).
+    pub fn random(mut self, random: [u8; 32]) -> Self {
+        self.random = random;
+        self
     }
 
     /// Adds a host_name entry to server_name (call twice for two names); bytes go in unchecked.
@@ -77,7 +113,7 @@ impl ClientHelloBuilder {
         }
 
         let mut body = vec![0x03, 0x03];
-        body.extend_from_slice(&[0x5a; 32]); // random
+        body.extend_from_slice(&self.random);
         body.push(32);
         body.extend_from_slice(&[0xa5; 32]); // legacy_session_id
         put_vec16(&mut body, &[0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2f]);

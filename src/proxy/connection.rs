@@ -53,7 +53,12 @@ pub(super) async fn serve(
     let next = Box::pin(setup(&mut client, &live, &listener, &shared, &mut log)).await;
     let (outcome, side, cause) = match next {
         Next::Done(ending) => ending,
-        Next::Relay { backend, replay } => {
+        Next::Relay {
+            backend,
+            replay,
+            random_prefix,
+        } => {
+            let _noted = shared.replayed.note(random_prefix);
             passthrough(
                 &mut client.socket,
                 backend,
@@ -78,7 +83,12 @@ enum Next {
     Done(Ending),
     /// Passthrough with the backend connected: `replay` (everything read from the client so
     /// far, the hello first) goes to it, then bytes are copied both ways.
-    Relay { backend: TcpStream, replay: Vec<u8> },
+    Relay {
+        backend: TcpStream,
+        replay: Vec<u8>,
+        /// The hello's random, noted while the connection is open to see a routing loop.
+        random_prefix: u64,
+    },
 }
 
 /// Everything before the long copy: sniff, route, then the backend connect (passthrough) or a
@@ -99,6 +109,13 @@ async fn setup<'a>(
             return Next::Done((error.outcome(), error.side(), Cause::Sniff(error)));
         }
     };
+    if shared.replayed.is_own(hello.random_prefix) {
+        // Our own replayed hello, back through a routing loop: close it at once, no alert (the
+        // other end is this process).
+        log.hello(&mut hello);
+        return Next::Done((Outcome::RoutingLoop, Side::Internal, Cause::None));
+    }
+    let random_prefix = hello.random_prefix;
     live.metrics.hello_bytes.record(hello.wire_len as f64);
     live.metrics
         .hello_duration
@@ -135,6 +152,7 @@ async fn setup<'a>(
                 Ok(backend) => Next::Relay {
                     backend: backend.stream,
                     replay,
+                    random_prefix,
                 },
                 Err(ending) => {
                     alert::close(&mut client.socket, Some(TlsAlertDescription::InternalError))

@@ -4,7 +4,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -89,10 +89,71 @@ impl Drop for PendingSlot<'_> {
     }
 }
 
+/// The hellos this process has replayed to backends and whose connections are still open, by
+/// the first 8 bytes of their random (unique per connection, RFC 8446 §4.1.2). A hello that
+/// arrives with one of them is the proxy's own, come back through a routing loop (a backend that
+/// is one of its own listeners, directly, through a name, or through another hop): it is closed
+/// at once, so a loop can't snowball into every descriptor. Fixed size, lock-free; two hellos
+/// sharing a slot only make a loop take one more hop to be seen.
+#[derive(Debug)]
+pub struct ReplayedHellos {
+    slots: Box<[AtomicU64]>,
+}
+
+/// Slots in [`ReplayedHellos`].
+const REPLAYED_SLOTS: usize = 1 << 12;
+
+impl Default for ReplayedHellos {
+    fn default() -> Self {
+        Self {
+            slots: (0..REPLAYED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl ReplayedHellos {
+    /// Notes a hello about to be replayed; forgotten when the guard drops. A zero prefix (no
+    /// random to go by) is not noted.
+    pub(super) fn note(&self, random_prefix: u64) -> ReplayedHello<'_> {
+        let slot = &self.slots[random_prefix as usize % REPLAYED_SLOTS];
+        if random_prefix != 0 {
+            slot.store(random_prefix, Ordering::Relaxed);
+        }
+        ReplayedHello {
+            slot,
+            random_prefix,
+        }
+    }
+
+    /// Whether a hello with this random is one the proxy itself replayed.
+    pub(super) fn is_own(&self, random_prefix: u64) -> bool {
+        random_prefix != 0
+            && self.slots[random_prefix as usize % REPLAYED_SLOTS].load(Ordering::Relaxed)
+                == random_prefix
+    }
+}
+
+/// A replayed hello's entry, removed when dropped (unless another took its slot since).
+#[derive(Debug)]
+pub(super) struct ReplayedHello<'a> {
+    slot: &'a AtomicU64,
+    random_prefix: u64,
+}
+
+impl Drop for ReplayedHello<'_> {
+    fn drop(&mut self) {
+        let _ =
+            self.slot
+                .compare_exchange(self.random_prefix, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
 /// What every connection shares, whatever listener accepted it: created once per server and
 /// kept across reloads.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Hellos replayed to backends, to see a routing loop.
+    pub replayed: ReplayedHellos,
     /// Shutdown stages connections watch (`hellos`, `splices`).
     pub shutdown: Shutdown,
     /// Pending hellos per client address.

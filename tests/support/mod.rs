@@ -71,6 +71,11 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.toml");
         std::fs::write(&config_path, Self::config_text(routes)).unwrap();
+        Self::start_at(dir, config_path).await
+    }
+
+    /// A proxy running the config at `config_path` (already written, inside `dir`).
+    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
         let config = config::load(&config_path).expect("test config");
         let server = Server::bind(&config_path, &config)
             .await
