@@ -176,31 +176,47 @@ fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
 async fn serve(path: &Path, config: &Config) -> anyhow::Result<()> {
     let server = Server::bind(path, config).await?;
     raise_descriptor_limit(config.limits.max_connections);
-    let signals = forward_signals()?;
-    server.run(signals).await;
-    Ok(())
+    run_with_signals(server).await
 }
 
-fn forward_signals() -> anyhow::Result<mpsc::Receiver<Signal>> {
+/// Feeds SIGHUP, SIGTERM and SIGINT to the server as [`Signal`]s, from a task that ends when the
+/// server stops listening (the receiver is dropped) or `stop` fires.
+fn forward_signals(
+    tasks: &tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<mpsc::Receiver<Signal>> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupt =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let (sender, receiver) = mpsc::channel(4);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             let signal = tokio::select! {
                 _ = hangup.recv() => Signal::Reload,
                 _ = terminate.recv() => Signal::Shutdown,
                 _ = interrupt.recv() => Signal::Shutdown,
+                () = stop.cancelled() => return,
             };
             if sender.send(signal).await.is_err() {
-                break;
+                return;
             }
         }
     });
     Ok(receiver)
+}
+
+/// Runs `server` with the process's signals until it has drained.
+async fn run_with_signals(server: Server) -> anyhow::Result<()> {
+    let tasks = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signals = forward_signals(&tasks, stop.clone())?;
+    server.run(signals).await;
+    stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
 }
 
 /// Routes in the order they are tried: exact names, wildcards by longest suffix, `[default]`.
@@ -518,11 +534,14 @@ async fn demo() -> anyhow::Result<()> {
             .or_insert((*address, Vec::new()));
         entry.1.push(pattern.to_string());
     }
+    let mut running = Vec::new();
     for (label, (address, names)) in &backends {
         let name = format!("backend {label} ({})", names.join(", "));
-        TlsBackend::start(*address, &name, pki.server_config(names, &["http/1.1"])?)
-            .await
-            .with_context(|| format!("demo backend: cannot bind {address}"))?;
+        running.push(
+            TlsBackend::start(*address, &name, pki.server_config(names, &["http/1.1"])?)
+                .await
+                .with_context(|| format!("demo backend: cannot bind {address}"))?,
+        );
     }
     // One fixed name, so the README's curl commands work as written (the demo's fixed ports
     // already mean one demo at a time). Removed first and created new, never written through
@@ -537,7 +556,6 @@ async fn demo() -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write", ca_path.display()))?;
 
     let server = Server::bind(path, &config).await?;
-    let signals = forward_signals()?;
     let proxy = server.local_addrs()[0];
     let ca = ca_path.display();
     let mut out = String::new();
@@ -568,7 +586,10 @@ async fn demo() -> anyhow::Result<()> {
         "Ctrl-C stops the demo. The access log follows on stderr.\n"
     )?;
     emit(&out)?;
-    server.run(signals).await;
+    run_with_signals(server).await?;
+    for backend in running {
+        backend.stop().await;
+    }
     let _ = std::fs::remove_file(&ca_path);
     Ok(())
 }

@@ -16,6 +16,10 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::AcceptErrors;
 
 /// Why demo certificates could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -142,16 +146,19 @@ const BACKEND_PATIENCE: Duration = Duration::from_secs(10);
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// A TLS server that answers every request with an HTTP/1.1 response naming itself, the SNI it
-/// saw and the ALPN it negotiated: `alpha: sni=alpha.demo.test alpn=http/1.1`.
-#[derive(Debug, Clone, Copy)]
+/// saw and the ALPN it negotiated: `alpha: sni=alpha.demo.test alpn=http/1.1`. Its accept loop
+/// and connections run on its own tracker until [`TlsBackend::stop`].
+#[derive(Debug)]
 pub struct TlsBackend {
     /// Where it listens.
     pub address: SocketAddr,
+    tasks: TaskTracker,
+    stopping: CancellationToken,
 }
 
 impl TlsBackend {
-    /// Binds `address` (port 0 for any) and serves until the runtime stops. Listening before it
-    /// returns, so a client may connect at once.
+    /// Binds `address` (port 0 for any) and serves until stopped (or the runtime ends). Listening
+    /// before it returns, so a client may connect at once.
     ///
     /// # Errors
     /// The address can't be bound.
@@ -164,15 +171,39 @@ impl TlsBackend {
         let address = listener.local_addr()?;
         let name: Arc<str> = name.into();
         let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
+        let tasks = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        let (spawner, stop) = (tasks.clone(), stopping.clone());
+        tasks.spawn(async move {
+            let mut errors = AcceptErrors::default();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = stop.cancelled() => return,
                 };
-                tokio::spawn(answer(stream, acceptor.clone(), name.clone()));
+                match accepted {
+                    Ok((stream, _)) => {
+                        errors.ok();
+                        spawner.spawn(answer(stream, acceptor.clone(), name.clone()));
+                    }
+                    Err(error) => {
+                        tokio::time::sleep(errors.failed(Some(address), &error)).await;
+                    }
+                }
             }
         });
-        Ok(Self { address })
+        Ok(Self {
+            address,
+            tasks,
+            stopping,
+        })
+    }
+
+    /// Stops accepting and waits for the connections being answered (each bounded in time).
+    pub async fn stop(self) {
+        self.stopping.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 

@@ -1,28 +1,37 @@
 //! sniroute: a TLS front door that routes connections by the ClientHello's SNI and ALPN without
 //! decrypting, and splices bytes to the chosen backend.
 //!
-//! Architecture (→ what a module may use):
+//! Architecture (→ what a module may use). A connection's life reads top to bottom in `proxy/`,
+//! one file per phase (see `proxy/mod.rs`).
 //!
 //! ```text
-//! main.rs      parse args, cli::run, print one error line             → cli
-//! cli          clap types; run / check / explain / peek / demo        → all
-//! demo         in-process TLS backends and certificates for `demo`    → config, server
-//! name         ServerName, NamePattern                                → –
-//! hello        Peeker::feed -> Progress; record reassembly; alerts    → name
-//! config       routes.toml: raw serde mirror → validated Config       → name, terminate
-//! outcome      Outcome, Side: how a connection ended                  → –
-//! log          the log's writer thread: batched, bounded, never blocks  → –
-//! metrics      series names, per-route handles, GET /metrics           → outcome, log
-//! route        RouteTable::lookup(sni, alpn) -> Decision              → config, hello, name, metrics
-//! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges            → –
-//! terminate    PEM loading, rustls configs per terminate route         → –
-//! proxy        listener, conn, handshake, splice, alert, access_log   → hello, route, config, metrics, proxy_protocol, terminate
-//! server       bind, live table, reload, shutdown and drain           → proxy, config, metrics
+//! main.rs         parse args, cli::run, print one error line                 → cli
+//! cli             clap types; run / check / explain / peek / demo            → all
+//! demo            in-process TLS backends and certificates for `demo`        → config, server
+//! name            ServerName, NamePattern, IP literals                       → –
+//! hello/          records → handshake (assembler fed (offset, bytes)) →
+//!                 parse (ClientHello, ECH) → ja4 (transport a parameter)     → name
+//! config/         routes.toml: raw serde mirror → listen, limits, route      → name, terminate
+//! outcome         Outcome, Side: how a connection ended                      → –
+//! log             the log's writer thread: batched, bounded, never blocks    → –
+//! metrics         series names, descriptions, per-route handles              → outcome, log
+//! route           RouteTable::lookup(sni, alpn) -> Decision                  → config, hello, name, metrics
+//! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges                 → –
+//! terminate       PEM loading, rustls configs per terminate route            → –
+//! proxy/          context, accept, connection (sniff → connect → relay,
+//!                 or tls), splice, alert, access_log                         → hello, route, config, metrics,
+//!                                                                              proxy_protocol, terminate
+//! admin           the metrics address: GET /metrics                          → metrics, proxy
+//! watch           the config file and its symlink chain                      → –
+//! server          bind, live table, reload, loops refused, drain             → proxy, config, admin, watch
+//! fuzzing         (feature `testing`) the fuzz oracles                       → hello, config, route
 //! ```
 //!
 //! `name`, `hello`, `config`, `route`, `proxy_protocol` and `terminate` do no socket I/O and never
 //! import tokio (`config` and `terminate` read files): they are what the
-//! unit tests, proptests and fuzz targets exercise directly.
+//! unit tests, proptests and fuzz targets exercise directly. Test tooling (`fuzzing`,
+//! `hello::synth`) is compiled only with the `testing` feature, which the tests, the benchmark
+//! and the fuzz crate turn on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -46,6 +46,8 @@ pub struct ReloadReport {
     pub refused: Option<String>,
     /// The listeners' bound addresses after it, in config order.
     pub listeners: Vec<SocketAddr>,
+    /// Where `GET /metrics` is served after it, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A proxy with its listeners bound, ready to [`Server::run`].
@@ -89,6 +91,7 @@ impl Server {
                 .iter()
                 .map(|(_, listener)| listener.address)
                 .collect(),
+            metrics: metrics.as_ref().map(|(_, address)| *address),
             ..ReloadReport::default()
         };
         let (file_events, file_changes) = mpsc::channel(1);
@@ -214,10 +217,12 @@ impl Server {
                     .filter_map(|listen| running.listeners.get(&listen.key()))
                     .map(|listener| listener.bound)
                     .collect();
+                let metrics = running.metrics.as_ref().map(|metrics| metrics.bound);
                 self.report.send_modify(|report| {
                     report.attempts += 1;
                     report.refused = None;
                     report.listeners = listeners;
+                    report.metrics = metrics;
                 });
             }
             Err(error) => {
@@ -254,7 +259,12 @@ impl Server {
         }
         let metrics = match (&config.metrics, &running.metrics) {
             (Some(wanted), Some(current)) if wanted.address == current.configured => None,
-            (Some(wanted), _) => Some(Some(bind(&self.path, wanted, "metrics.address").await?)),
+            (Some(wanted), _) => {
+                let socket = bind(&self.path, wanted, "metrics.address").await?;
+                // Before the new table's handles are made, so that they record.
+                series::install();
+                Some(Some(socket))
+            }
             (None, Some(_)) => Some(None),
             (None, None) => None,
         };
@@ -328,6 +338,8 @@ struct RunningListener {
 struct RunningMetrics {
     /// The address routes.toml gives it.
     configured: SocketAddr,
+    /// The address it is bound to.
+    bound: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -387,6 +399,7 @@ impl Running<'_> {
         ));
         self.metrics = Some(RunningMetrics {
             configured: listen.address,
+            bound: address,
             stop,
         });
     }

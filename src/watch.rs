@@ -156,7 +156,7 @@ mod tests {
         symlink("..2026_01_01", root.join("..data")).unwrap();
         symlink("..data/routes.toml", root.join("routes.toml")).unwrap();
         let (directories, names) = chain(&root.join("routes.toml"));
-        for name in ["routes.toml", "..data", "..2026_01_01"] {
+        for name in ["routes.toml", "..data"] {
             assert!(names.contains(&OsString::from(name)), "{name}: {names:?}");
         }
         assert!(directories.contains(&root.to_owned()));

@@ -206,8 +206,57 @@ async fn the_binary_routes_logs_json_and_drains_on_sigterm() {
     assert!(record["duration_ms"].is_u64());
     let ja4 = record["ja4"].as_str().unwrap();
     assert!(ja4.starts_with("t13d") && ja4.len() == 36, "{ja4}");
+    assert_eq!(record["ech"], "none");
+    assert_eq!(record["cause"], "-");
+
+    // The README's access-log field table lists exactly these fields, in the order of its
+    // example line.
+    let mut fields: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !["timestamp", "level", "target", "message"].contains(key))
+        .collect();
+    let (table, example) = readme_access_log();
+    assert_eq!(
+        table, example,
+        "the README's field table and example line differ"
+    );
+    fields.sort_unstable();
+    let mut documented = table.clone();
+    documented.sort_unstable();
+    assert_eq!(
+        fields, documented,
+        "the README's field table and a real line differ"
+    );
 
     assert_eq!(binary.terminate().await, Some(0));
+}
+
+/// The README's access-log section: the fields of its table, and the keys of its example line,
+/// in order.
+fn readme_access_log() -> (Vec<String>, Vec<String>) {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = &readme[readme.find("## Access log").unwrap()..];
+    let section = &section[..section[3..].find("\n## ").unwrap()];
+    let table = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split_once('`'))
+        .map(|(field, _)| field.to_owned())
+        .collect();
+    let example = section
+        .lines()
+        .find(|line| line.contains("INFO sniroute::access"))
+        .unwrap();
+    let example = example
+        .split(' ')
+        .filter_map(|word| word.split_once('='))
+        .map(|(key, _)| key.to_owned())
+        .collect();
+    (table, example)
 }
 
 /// A backend that is one of the proxy's own listeners would loop every hello through it until
@@ -367,4 +416,79 @@ fn peek_answers_an_endless_input() {
         text(&output.stderr)
     );
     writer.join().unwrap();
+}
+
+/// Failures say why: the rule a hello broke, the backend address tried and the OS error.
+#[tokio::test]
+async fn failures_are_logged_with_the_address_tried_and_a_cause() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[[listen]]\naddress = \"127.0.0.1:0\"\n[[route]]\nsni = \"down.test\"\nbackend = \"{refused}\"\n"),
+    );
+    let mut binary = Binary::start(&config, &["--log-format", "json"]).await;
+    let address = binary.wait_for_address("listening").await;
+
+    let hello = sniroute::hello::synth::ClientHelloBuilder::new()
+        .server_name("down.test")
+        .record();
+    assert_eq!(send_raw(address, &hello).await, alert(80));
+    let record: serde_json::Value =
+        serde_json::from_str(&binary.wait_for_line("sniroute::access").await).unwrap();
+    assert_eq!(record["outcome"], "backend_unreachable");
+    assert_eq!(record["backend.addr"], refused.to_string());
+    assert_eq!(record["cause"], "Connection refused (os error 111)");
+
+    let two_names = sniroute::hello::synth::ClientHelloBuilder::new()
+        .server_name("a.test")
+        .server_name("b.test")
+        .record();
+    send_raw(address, &two_names).await;
+    let record: serde_json::Value =
+        serde_json::from_str(&binary.wait_for_line("sniroute::access").await).unwrap();
+    assert_eq!(record["outcome"], "bad_hello");
+    assert_eq!(record["cause"], "two host names in server_name");
+    assert_eq!(binary.terminate().await, Some(0));
+}
+
+/// The log's writer blocks in a write to a stderr nobody reads; SIGTERM still ends the process
+/// (the lines left are given up after a short deadline), instead of waiting forever.
+#[tokio::test]
+async fn sigterm_ends_the_process_even_when_nobody_reads_its_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[[listen]]\naddress = \"127.0.0.1:0\"\n");
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let address: std::net::SocketAddr = loop {
+        use tokio::io::AsyncBufReadExt;
+        line.clear();
+        guard(stderr.read_line(&mut line)).await.unwrap();
+        if let Some(address) = line.split("address=").nth(1) {
+            break address.trim().parse().unwrap();
+        }
+    };
+    // From here nobody reads stderr: a few thousand access lines fill the pipe.
+    for _ in 0..3000 {
+        send_raw(address, b"GET / HTTP/1.0\r\n\r\n").await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = guard(child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(stderr);
 }

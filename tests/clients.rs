@@ -24,6 +24,11 @@ fn installed(tool: &str) -> bool {
             .status()
             .is_ok();
     if !found {
+        // CI installs every tool: there, a missing one is a broken CI, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed, and CI must run this test (.ci/run installs it)"
+        );
         eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
     }
     found

@@ -56,7 +56,21 @@ async fn a_backend_that_never_accepts_times_out_with_internal_error() {
             fillers.push(stream);
         }
     }
-    let proxy = Proxy::start(&format!("[timeouts]\nconnect = \"100ms\"\n[[route]]\nsni = \"stuck.test\"\nbackend = \"{address}\"\n")).await;
+    // The premise: the queue is full, so one more connect goes unanswered. A kernel that queued
+    // SYNs differently would make this test meaningless: say so rather than pass or hang.
+    let probe = TcpSocket::new_v4().unwrap();
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            probe.connect(address)
+        )
+        .await
+        .is_err(),
+        "the stuck backend answered a connect: its queue is not full on this kernel"
+    );
+    // An idle limit too, so a connect that did succeed ends the exchange (and fails the
+    // assertion) instead of waiting out the hang guard.
+    let proxy = Proxy::start(&format!("[timeouts]\nconnect = \"100ms\"\nidle = \"2s\"\n[[route]]\nsni = \"stuck.test\"\nbackend = \"{address}\"\n")).await;
     let hello = ClientHelloBuilder::new().server_name("stuck.test").record();
     assert_eq!(send_raw(proxy.address, &hello).await, alert(INTERNAL_ERROR));
     proxy.shutdown().await;
@@ -311,4 +325,40 @@ async fn a_routing_loop_through_a_name_is_closed_at_the_first_hop() {
         "served"
     );
     proxy.shutdown().await;
+}
+
+/// Hellos still arriving hold at most `limits.max_pending_hello_bytes` together: past it the
+/// newest is closed (and logged as `hello_budget`), the ones already waiting keep their bytes,
+/// and once they go the budget serves everyone again.
+#[tokio::test]
+async fn stalled_hellos_share_one_memory_budget() {
+    let served = tls_backend("served", &["served.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n[limits]\nmax_pending_hello_bytes = 65536\n\
+             max_pending_per_ip = 0\n[[route]]\nsni = \"served.test\"\nbackend = \"{served}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut binary = Binary::start(&config, &["--log-format", "json"]).await;
+    let address = binary.wait_for_address("listening").await;
+    let big = ClientHelloBuilder::new()
+        .server_name("served.test")
+        .padding(40_000)
+        .record();
+    // Each staller sends half of a 40 KB hello and waits: four of them can't all fit in 64 KiB.
+    let mut stallers = Vec::new();
+    for _ in 0..4 {
+        let mut staller = TcpStream::connect(address).await.unwrap();
+        staller.write_all(&big[..20_000]).await.unwrap();
+        stallers.push(staller);
+    }
+    let line = binary.wait_for_line("\"outcome\":\"hello_budget\"").await;
+    assert!(line.contains("\"side\":\"internal\""), "{line}");
+    drop(stallers);
+    assert_eq!(who_answers(address, "served.test", &[]).await, "served");
+    assert_eq!(binary.terminate().await, Some(0));
 }

@@ -74,15 +74,21 @@ async fn listeners_with_reuse_port_share_an_address_and_others_are_refused() {
             &path,
             &format!(
                 "[[listen]]\naddress = \"{address}\"\nreuse_port = {reuse_port}\n\
+                 [timeouts]\ndrain = \"100ms\"\n\
                  [[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
             ),
         )
         .unwrap()
     };
+    // The first serves alone...
     let first = sniroute::server::Server::bind(&path, &config("127.0.0.1:0", true))
         .await
         .unwrap();
     let address = first.local_addrs()[0].to_string();
+    let (stop_first, signals) = tokio::sync::mpsc::channel(1);
+    let first = tokio::spawn(first.run(signals));
+    drop(spliced(address.parse().unwrap()).await);
+    // ...a second binds the same address beside it, a listener without reuse_port can't...
     let second = sniroute::server::Server::bind(&path, &config(&address, true))
         .await
         .unwrap();
@@ -98,10 +104,14 @@ async fn listeners_with_reuse_port_share_an_address_and_others_are_refused() {
         )),
         "{error}"
     );
-    let (_stop_first, signals) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(first.run(signals));
+    // ...and once the first has stopped, the second serves alone.
     let (_stop_second, signals) = tokio::sync::mpsc::channel(1);
     tokio::spawn(second.run(signals));
+    stop_first
+        .send(sniroute::server::Signal::Shutdown)
+        .await
+        .unwrap();
+    guard(first).await.unwrap();
     for _ in 0..4 {
         drop(spliced(address.parse().unwrap()).await);
     }

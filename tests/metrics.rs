@@ -204,12 +204,15 @@ async fn connections_go_on_when_nobody_reads_the_log() {
         .unwrap();
     let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    guard(tokio::io::AsyncBufReadExt::read_line(
-        &mut stderr,
-        &mut line,
-    ))
-    .await
-    .unwrap();
+    while !line.contains("listening") {
+        line.clear();
+        guard(tokio::io::AsyncBufReadExt::read_line(
+            &mut stderr,
+            &mut line,
+        ))
+        .await
+        .unwrap();
+    }
     let proxy: std::net::SocketAddr = line.rsplit('=').next().unwrap().trim().parse().unwrap();
     // About 300 bytes of log per connection: 1,000 of them are several pipes' worth.
     let hello = ClientHelloBuilder::new().server_name("echo.test").record();
@@ -217,4 +220,38 @@ async fn connections_go_on_when_nobody_reads_the_log() {
         assert_eq!(send_raw(proxy, &hello).await, hello);
     }
     drop(stderr);
+}
+
+/// Out of descriptors, the metrics endpoint's accepts fail: it backs off (no spinning), logs the
+/// episode once and counts every failure; once descriptors come back it serves again.
+#[tokio::test]
+async fn metrics_accept_errors_back_off_are_logged_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(
+        &config,
+        "[[listen]]\naddress = \"127.0.0.1:0\"\n[metrics]\naddress = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let mut binary = Binary::start_with_fd_limit(&config, 64).await;
+    // `listening` comes first, then `serving metrics`: the proxy is up once this one is read.
+    let metrics = binary.wait_for_address("serving metrics").await;
+    // Idle scrapes hold a descriptor each until the process has none left.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(TcpStream::connect(metrics).await.unwrap());
+    }
+    let line = binary.wait_for_line("accept failed").await;
+    assert!(line.contains(&format!("listener={metrics}")), "{line}");
+    drop(held);
+    let text = scrape(metrics, "/metrics").await;
+    assert!(
+        value(
+            &text,
+            "sniroute_accept_errors_total",
+            &[("listener", "metrics")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(binary.terminate().await, Some(0));
 }

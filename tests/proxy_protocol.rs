@@ -201,6 +201,10 @@ async fn start_haproxy(dir: &std::path::Path) -> Option<(tokio::process::Child, 
         .output()
         .is_err()
     {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "haproxy is not installed, and CI must run this test (.ci/run installs it)"
+        );
         eprintln!("skipped: haproxy is not installed (.ci/run installs it)");
         return None;
     }
@@ -259,5 +263,40 @@ async fn haproxy_reports_the_client_address_from_sniroutes_header() {
         assert_eq!(reported.ip().to_string(), "127.0.0.1");
         assert_eq!(Some(reported.port()), exchange.client_port, "{answer}");
     }
+    proxy.shutdown().await;
+}
+
+/// `proxy_protocol.trusted` is a security boundary: a reload that narrows it on a kept listener
+/// takes effect for the next connection, never leaving a removed source trusted.
+#[tokio::test]
+async fn a_reload_that_narrows_a_kept_listeners_trusted_sources_applies_at_once() {
+    let backend = tls_backend("app", &["app.test"]).await;
+    let routes = format!("[[route]]\nsni = \"app.test\"\nbackend = \"{backend}\"\n");
+    let mut proxy = Proxy::start(&routes).await;
+    let with_listener = |trusted: &str| {
+        format!("[[listen]]\naddress = \"127.0.0.6:0\"\nproxy_protocol = {{ trusted = [\"{trusted}\"] }}\n{routes}")
+    };
+    let balanced = proxy
+        .reload_with(&with_listener("127.0.0.0/8"))
+        .await
+        .listeners[1];
+    let hello = ClientHelloBuilder::new().server_name("app.test").record();
+    let mut with_header = header(
+        Version::V1,
+        "203.0.113.7:4242",
+        "198.51.100.1:443",
+        Tlvs::default(),
+    );
+    with_header.extend_from_slice(&hello);
+    // Trusted: a hello without a header is refused; one with a header is served.
+    assert_eq!(send_raw(balanced, &hello).await, b"");
+    assert!(!send_raw(balanced, &with_header).await.is_empty());
+
+    let report = proxy.reload_with(&with_listener("192.0.2.0/24")).await;
+    assert_eq!(report.refused, None);
+    assert_eq!(report.listeners[1], balanced, "the listener was kept");
+    // No longer trusted: served without a header, and a header is refused as not TLS.
+    assert_eq!(who_answers(balanced, "app.test", &[]).await, "app");
+    assert_eq!(send_raw(balanced, &with_header).await, b"");
     proxy.shutdown().await;
 }

@@ -196,3 +196,76 @@ async fn a_configmap_update_by_symlink_swap_reloads_and_so_does_an_edit_of_its_t
     assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "three");
     proxy.shutdown().await;
 }
+
+/// `reuse_port` can't change on a bound socket: a reload that changes it on a kept listener is
+/// refused by name, never logged as applied while nothing changed.
+#[tokio::test]
+async fn a_reload_that_changes_a_kept_listeners_reuse_port_is_refused() {
+    let backend = tls_backend("one", &["app.test"]).await;
+    let routes = route("app.test", backend);
+    let mut proxy = Proxy::start(&routes).await;
+    let report = proxy
+        .reload_with(&format!(
+            "[[listen]]\naddress = \"127.0.0.7:0\"\nreuse_port = false\n{routes}"
+        ))
+        .await;
+    assert_eq!(report.refused, None);
+    let report = proxy
+        .reload_with(&format!(
+            "[[listen]]\naddress = \"127.0.0.7:0\"\nreuse_port = true\n{routes}"
+        ))
+        .await;
+    let refused = report.refused.unwrap();
+    assert!(
+        refused.ends_with(
+            "routes.toml:4:11: listen[1].reuse_port: can't change on a running listener; restart sniroute to apply it"
+        ),
+        "{refused}"
+    );
+    proxy.shutdown().await;
+}
+
+/// `[metrics]` added, moved and removed by reloads: each address serves once the reload is
+/// applied, and the one it replaced stops.
+#[tokio::test]
+async fn a_reload_adds_moves_and_removes_the_metrics_endpoint() {
+    let backend = tls_backend("one", &["app.test"]).await;
+    let routes = route("app.test", backend);
+    let mut proxy = Proxy::start(&routes).await;
+    let with_metrics = |address: &str| format!("[metrics]\naddress = \"{address}\"\n{routes}");
+    let first = proxy
+        .reload_with(&with_metrics("127.0.0.1:0"))
+        .await
+        .metrics
+        .expect("metrics after the reload");
+    assert!(scrape(first).await.contains("sniroute_"));
+    let second = proxy
+        .reload_with(&with_metrics("127.0.0.8:0"))
+        .await
+        .metrics
+        .expect("metrics after the move");
+    assert_ne!(first, second);
+    assert!(scrape(second).await.contains("sniroute_"));
+    assert!(
+        TcpStream::connect(first).await.is_err(),
+        "the old address still serves"
+    );
+    let report = proxy.reload_with(&routes).await;
+    assert_eq!(report.metrics, None);
+    assert!(
+        TcpStream::connect(second).await.is_err(),
+        "removed metrics still serve"
+    );
+    proxy.shutdown().await;
+}
+
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    guard(stream.read_to_end(&mut response)).await.unwrap();
+    String::from_utf8(response).unwrap()
+}

@@ -387,8 +387,9 @@ async fn changed_certificates_take_effect_on_reload_and_open_sessions_keep_their
     std::fs::write(dir.path().join("admin.key"), other_key).unwrap();
     let refused = proxy.reload().await.refused.unwrap();
     assert!(
-        refused.ends_with("key does not match the certificate in ")
-            || refused.contains("admin.key: key does not match the certificate in"),
+        refused.contains("route[0].terminate.key: ")
+            && refused.contains("admin.key: key does not match the certificate in ")
+            && refused.ends_with("admin.pem"),
         "{refused}"
     );
     connect(proxy.address, "admin.test", client(&renewed, &[], None))

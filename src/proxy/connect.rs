@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use super::{Outcome, Side};
+use super::{IoCause, Outcome, Side};
 use crate::config::{Backend, Timeouts};
 use crate::metrics::RouteHandles;
 
@@ -29,8 +29,8 @@ pub(super) struct Connected {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum ConnectError {
     /// The backend refused, reset or was unreachable; or its name didn't resolve.
-    #[error("{}", io::Error::from(*.0))]
-    Unreachable(io::ErrorKind),
+    #[error("{0}")]
+    Unreachable(IoCause),
     /// No answer within `timeouts.connect`.
     #[error("no answer in time")]
     Timeout,
@@ -38,8 +38,8 @@ pub(super) enum ConnectError {
     #[error("{}", io::Error::from_raw_os_error(*.0))]
     Local(i32),
     /// Writing the PROXY header failed.
-    #[error("proxy header: {}", io::Error::from(*.0))]
-    Header(io::ErrorKind),
+    #[error("proxy header: {0}")]
+    Header(IoCause),
 }
 
 impl ConnectError {
@@ -48,7 +48,7 @@ impl ConnectError {
         const LOCAL: [i32; 4] = [24, 23, 105, 12];
         match error.raw_os_error() {
             Some(code) if LOCAL.contains(&code) => Self::Local(code),
-            _ => Self::Unreachable(error.kind()),
+            _ => Self::Unreachable(error.into()),
         }
     }
 
@@ -105,8 +105,8 @@ pub(super) async fn connect(
     if let Some(header) = header {
         match timeout(timeouts.idle, stream.write_all(header)).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(ConnectError::Header(error.kind())),
-            Err(_elapsed) => return Err(ConnectError::Header(io::ErrorKind::TimedOut)),
+            Ok(Err(error)) => return Err(ConnectError::Header((&error).into())),
+            Err(_elapsed) => return Err(ConnectError::Header(io::ErrorKind::TimedOut.into())),
         }
     }
     Ok(Connected { stream, address })
@@ -116,5 +116,34 @@ async fn dial(backend: &Backend) -> io::Result<TcpStream> {
     match backend {
         Backend::Addr(address) => TcpStream::connect(address).await,
         Backend::Host(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors is the proxy's own limit, not a dead backend: its own outcome, side
+    /// `internal`, and (in `connect`) no count against the backend.
+    #[test]
+    fn running_out_of_descriptors_is_sniroutes_fault_not_the_backends() {
+        for code in [24, 23] {
+            let error = ConnectError::of(&io::Error::from_raw_os_error(code));
+            assert_eq!(error, ConnectError::Local(code));
+            assert_eq!(
+                (error.outcome(), error.side()),
+                (Outcome::InternalError, Side::Internal)
+            );
+        }
+        assert_eq!(
+            ConnectError::Local(24).to_string(),
+            "Too many open files (os error 24)"
+        );
+        let refused = ConnectError::of(&io::Error::from_raw_os_error(111));
+        assert_eq!(
+            (refused.outcome(), refused.side()),
+            (Outcome::BackendUnreachable, Side::Backend)
+        );
+        assert_eq!(refused.to_string(), "Connection refused (os error 111)");
     }
 }

@@ -40,6 +40,38 @@ use crate::metrics::ConnectionMetrics;
 pub use crate::outcome::{Outcome, Side};
 use crate::route::RouteTable;
 
+/// An I/O error as a connection's `cause`: the OS error number where there is one (shown as
+/// `Connection refused (os error 111)`), else its kind. Small and `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IoCause {
+    code: Option<i32>,
+    kind: std::io::ErrorKind,
+}
+
+impl From<&std::io::Error> for IoCause {
+    fn from(error: &std::io::Error) -> Self {
+        Self {
+            code: error.raw_os_error(),
+            kind: error.kind(),
+        }
+    }
+}
+
+impl From<std::io::ErrorKind> for IoCause {
+    fn from(kind: std::io::ErrorKind) -> Self {
+        Self { code: None, kind }
+    }
+}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => std::io::Error::from_raw_os_error(code).fmt(formatter),
+            None => std::io::Error::from(self.kind).fmt(formatter),
+        }
+    }
+}
+
 /// What connections accepted now use: the route table and the limits of one config.
 /// Swapped whole on reload; a connection keeps the one it was accepted with.
 #[derive(Debug)]

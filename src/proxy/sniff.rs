@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::context::{HelloBudget, ListenerContext, Shared};
-use super::{Live, Outcome, Side};
+use super::{IoCause, Live, Outcome, Side};
 use crate::hello::{ClientHello, HelloError, Peeker, Progress};
 use crate::proxy_protocol::{self, Addresses, ProxyHeaderError};
 
@@ -105,8 +105,8 @@ pub(super) enum Closed {
     #[error("closed mid-hello")]
     Eof,
     /// A reset or another read error.
-    #[error("{}", io::Error::from(*.0))]
-    Error(io::ErrorKind),
+    #[error("{0}")]
+    Error(IoCause),
 }
 
 impl SniffError {
@@ -257,7 +257,7 @@ impl<'a> ClientStream<'a> {
             self.socket
                 .readable()
                 .await
-                .map_err(|error| SniffError::ClientClosed(Closed::Error(error.kind())))?;
+                .map_err(|error| SniffError::ClientClosed(Closed::Error((&error).into())))?;
             let read = SCRATCH.with_borrow_mut(|scratch| {
                 let chunk = &mut scratch[..spare.min(READ_CHUNK)];
                 match self.socket.try_read(chunk) {
@@ -268,7 +268,7 @@ impl<'a> ClientStream<'a> {
                         Ok(true)
                     }
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                    Err(error) => Err(SniffError::ClientClosed(Closed::Error(error.kind()))),
+                    Err(error) => Err(SniffError::ClientClosed(Closed::Error((&error).into()))),
                 }
             });
             if read? {

@@ -585,4 +585,39 @@ mod tests {
         copy.await.unwrap().unwrap();
         assert_eq!(in_use(), before);
     }
+
+    /// A copy dropped mid-burst (the idle timer, drain, a reset elsewhere) while its pipe holds
+    /// bytes: the pipe closes itself and its counts go back, so no exit path leaks one.
+    #[tokio::test]
+    async fn a_copy_dropped_with_bytes_in_its_pipe_gives_the_pipe_back() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, _backend) = pair().await;
+        let before = (in_use(), PIPES.load(Ordering::Relaxed));
+        let activity = Activity::new();
+        let counts = Counts::default();
+        let mut copy = Box::pin(copy_both_ways(
+            &client_near,
+            &backend_near,
+            &activity,
+            &counts,
+        ));
+        // The backend never reads: once its buffers are full, a burst waits in the pipe.
+        let writer = tokio::spawn(async move {
+            let block = vec![7u8; 1 << 20];
+            while client.write_all(&block).await.is_ok() {}
+        });
+        // Drive the copy by hand, one poll at a time, until a pipe is held.
+        while in_use() == before.0 {
+            let _ = std::future::poll_fn(|context| Poll::Ready(copy.as_mut().poll(context))).await;
+            tokio::task::yield_now().await;
+        }
+        drop(copy);
+        assert_eq!(
+            in_use(),
+            before.0,
+            "the dropped burst's pipe is still counted"
+        );
+        assert!(PIPES.load(Ordering::Relaxed) <= before.1 + POOLED_PER_THREAD);
+        writer.abort();
+    }
 }

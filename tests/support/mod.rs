@@ -353,10 +353,23 @@ pub struct Binary {
 
 impl Binary {
     pub async fn start(config: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .args(args)
+        let mut command = tokio::process::Command::new(BIN);
+        command.arg("--config").arg(config).args(args);
+        Self::spawn(command)
+    }
+
+    /// The binary with at most `descriptors` open files (soft and hard limits).
+    pub async fn start_with_fd_limit(config: &std::path::Path, descriptors: u32) -> Self {
+        let mut command = tokio::process::Command::new("sh");
+        command.arg("-c").arg(format!(
+            "ulimit -n {descriptors} && exec \"$0\" --config \"$1\" --workers 1"
+        ));
+        command.arg(BIN).arg(config);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: tokio::process::Command) -> Self {
+        let mut child = command
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
