@@ -167,8 +167,7 @@ fn main() -> anyhow::Result<()> {
         false => format!("--runs {runs} --seconds {seconds}"),
     };
     println!(
-        "Reproduce: cargo build --release --bin bench --bin sniroute && target/release/bench \
-         {reproduce} --rate {} --idle {}",
+        "Reproduce: cargo bench -- {reproduce} --rate {} --idle {}",
         args.rate, args.idle
     );
     Ok(())
@@ -718,9 +717,11 @@ fn sniroute_command(dir: &Path, text: &str) -> anyhow::Result<Command> {
     Ok(command)
 }
 
-/// The sniroute binary cargo built with this benchmark (the bench profile: release).
+/// The sniroute binary cargo built with this benchmark (the bench profile: release), or the one
+/// `SNIROUTE_BENCH_BINARY` names (to measure another build, a before/after say).
 fn sniroute_binary() -> anyhow::Result<PathBuf> {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_sniroute"));
+    let binary = std::env::var_os("SNIROUTE_BENCH_BINARY")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sniroute")), PathBuf::from);
     if !binary.exists() {
         bail!(
             "{} is missing: run the benchmark with cargo bench",

@@ -103,3 +103,16 @@ fn every_sniroute_command_in_the_readme_prints_what_the_readme_shows() {
         );
     }
 }
+
+/// Every way a connection can end is documented: each outcome label appears in the README.
+#[test]
+fn every_outcome_is_in_the_readme() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for outcome in sniroute::outcome::Outcome::ALL {
+        assert!(
+            readme.contains(&format!("`{outcome}`")),
+            "outcome `{outcome}` is not in the README"
+        );
+    }
+}
