@@ -720,8 +720,10 @@ fn sniroute_command(dir: &Path, text: &str) -> anyhow::Result<Command> {
 /// The sniroute binary cargo built with this benchmark (the bench profile: release), or the one
 /// `SNIROUTE_BENCH_BINARY` names (to measure another build, a before/after say).
 fn sniroute_binary() -> anyhow::Result<PathBuf> {
-    let binary = std::env::var_os("SNIROUTE_BENCH_BINARY")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sniroute")), PathBuf::from);
+    let binary = std::env::var_os("SNIROUTE_BENCH_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_sniroute")),
+        PathBuf::from,
+    );
     if !binary.exists() {
         bail!(
             "{} is missing: run the benchmark with cargo bench",

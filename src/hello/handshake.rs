@@ -106,14 +106,6 @@ impl HandshakeAssembler {
         Ok(())
     }
 
-    /// Bytes received contiguously from offset 0.
-    pub fn received_len(&self) -> usize {
-        match self.received.first() {
-            Some(range) if range.start == 0 => range.end,
-            _ => 0,
-        }
-    }
-
     /// The whole ClientHello message (header included) once every byte of it has arrived.
     ///
     /// # Errors

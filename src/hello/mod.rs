@@ -22,7 +22,6 @@ mod records;
 pub mod synth;
 
 use std::fmt;
-use std::ops::Range;
 
 pub use error::{alert_name, HelloError};
 pub use handshake::HandshakeAssembler;
@@ -44,15 +43,22 @@ pub enum Progress {
 }
 
 /// Incremental ClientHello reader for one TCP connection.
+///
+/// While the hello arrives it keeps only a few counters: the bytes stay in the caller's stream.
+/// A hello in one record (the usual case) is parsed in place; one spread over several is
+/// gathered once, when its last record is in, through the [`HandshakeAssembler`], and that copy
+/// is dropped as soon as it is parsed. So a stalled hello costs its stream bytes and nothing else.
 #[derive(Debug)]
 pub struct Peeker {
     limit: usize,
     records: RecordReader,
-    /// Where the first record's fragment lies in the stream: while the hello sits in one record
-    /// it is parsed in place.
-    first_fragment: Range<usize>,
-    /// The handshake bytes gathered so far, once a second record is needed.
-    assembler: Option<HandshakeAssembler>,
+    /// The handshake header's bytes seen so far (a header may span records).
+    header: [u8; handshake::HANDSHAKE_HEADER_LEN],
+    header_len: usize,
+    /// Handshake bytes in the records read so far.
+    gathered: usize,
+    /// The message's length, header included, once its header is in.
+    message_len: Option<usize>,
 }
 
 impl Peeker {
@@ -62,8 +68,10 @@ impl Peeker {
         Self {
             limit,
             records: RecordReader::new(limit),
-            first_fragment: 0..0,
-            assembler: None,
+            header: [0; handshake::HANDSHAKE_HEADER_LEN],
+            header_len: 0,
+            gathered: 0,
+            message_len: None,
         }
     }
 
@@ -82,38 +90,54 @@ impl Peeker {
 
     fn read(&mut self, stream: &[u8]) -> Result<Option<ClientHello>, HelloError> {
         while let Some(fragment) = self.records.next(stream)? {
-            let message = match (self.records.count(), &mut self.assembler) {
-                (1, _) => {
-                    self.first_fragment = fragment;
-                    let first = &stream[self.first_fragment.clone()];
-                    // Each further record costs a header too, so this bound is never too strict.
-                    match handshake::message_len(first, self.limit)? {
-                        Some(len) if first.len() >= len => Some(&first[..len]),
-                        _ => None,
-                    }
-                }
-                (_, assembler) => {
-                    let assembler = assembler.get_or_insert_with(|| {
-                        let mut assembler = HandshakeAssembler::new(self.limit);
-                        // The first fragment is within the limit: it was checked as it came.
-                        let _ = assembler.add(0, &stream[self.first_fragment.clone()]);
-                        assembler
-                    });
-                    // Records carry the handshake stream in order, end to end.
-                    let offset = assembler.received_len();
-                    assembler.add(offset, &stream[fragment])?;
-                    assembler.message()?
-                }
-            };
-            if let Some(message) = message {
-                let mut hello = parse::client_hello(message)?;
-                hello.records = self.records.count();
-                hello.wire_len = self.records.consumed();
-                return Ok(Some(hello));
+            let fragment = &stream[fragment];
+            if self.header_len < self.header.len() {
+                let take = (self.header.len() - self.header_len).min(fragment.len());
+                self.header[self.header_len..self.header_len + take]
+                    .copy_from_slice(&fragment[..take]);
+                self.header_len += take;
+                // Each further record costs a header too, so this bound is never too strict.
+                self.message_len =
+                    handshake::message_len(&self.header[..self.header_len], self.limit)?;
             }
+            self.gathered += fragment.len();
+            let Some(len) = self.message_len.filter(|&len| self.gathered >= len) else {
+                continue;
+            };
+            let mut hello = if self.records.count() == 1 {
+                parse::client_hello(&fragment[..len])?
+            } else {
+                let assembler = gather(stream, self.limit, len)?;
+                let message = assembler
+                    .message()?
+                    .ok_or(HelloError::Malformed("handshake reassembly"))?;
+                parse::client_hello(message)?
+            };
+            hello.records = self.records.count();
+            hello.wire_len = self.records.consumed();
+            return Ok(Some(hello));
         }
         Ok(None)
     }
+}
+
+/// The `len` bytes of handshake message carried by the records at the start of `stream`, which
+/// have all arrived (and passed the record checks once already), gathered in an assembler.
+fn gather(stream: &[u8], limit: usize, len: usize) -> Result<HandshakeAssembler, HelloError> {
+    let mut assembler = HandshakeAssembler::new(len);
+    let mut records = RecordReader::new(limit);
+    let mut offset = 0;
+    while offset < len {
+        let Some(fragment) = records.next(stream)? else {
+            break;
+        };
+        let fragment = &stream[fragment];
+        let piece = &fragment[..fragment.len().min(len - offset)];
+        // Records carry the handshake stream in order, end to end.
+        assembler.add(offset, piece)?;
+        offset += piece.len();
+    }
+    Ok(assembler)
 }
 
 /// What the peeker read from a complete ClientHello.

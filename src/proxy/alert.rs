@@ -33,7 +33,8 @@ where
         }
         client.shutdown().await?;
         let mut drained = 0;
-        let mut scratch = [0u8; 1024];
+        // On the heap, and only here: an array would sit in every connection's setup future.
+        let mut scratch = vec![0u8; 1024];
         while drained < LINGER_BYTES {
             match client.read(&mut scratch).await? {
                 0 => break,

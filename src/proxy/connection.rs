@@ -148,7 +148,8 @@ async fn setup<'a>(
                 ssl: None,
             };
             let header = proxy_header(target, origin, &client.socket, tlvs);
-            match dial(live, target, header.as_deref(), log).await {
+            // Boxed: a pending hello's future holds only the sniff's state, not the dial's.
+            match Box::pin(dial(live, target, header.as_deref(), log)).await {
                 Ok(backend) => Next::Relay {
                     backend: backend.stream,
                     replay,
