@@ -772,7 +772,7 @@ async fn exchange(address: SocketAddr, name: &Name) -> Result<TcpStream, Fault> 
     let attempt = async {
         let mut stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        stream.write_all(&name.hello).await?;
+        stream.write_all(&fresh_random(&name.hello)).await?;
         let mut line = Vec::with_capacity(64);
         let mut chunk = [0u8; 256];
         while !line.contains(&b'\n') && line.len() < 1024 {
@@ -792,6 +792,18 @@ async fn exchange(address: SocketAddr, name: &Name) -> Result<TcpStream, Fault> 
         Ok(Ok(_)) => Err(Fault::Misroute),
         _ => Err(Fault::Error),
     }
+}
+
+/// `hello` with a random of its own, as every real client draws one per connection (RFC 8446
+/// §4.1.2): sniroute takes a hello whose random it is forwarding right now for its own, come
+/// back through a routing loop, so replaying one captured hello would measure that instead.
+fn fresh_random(hello: &[u8]) -> Vec<u8> {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let mut hello = hello.to_vec();
+    // Record header (5), handshake header (4), legacy_version (2), then the 32-byte random.
+    let unique = COUNTER.fetch_add(1, Relaxed).to_be_bytes();
+    hello[11..19].copy_from_slice(&unique);
+    hello
 }
 
 /// Runs `attempt(0)`, `attempt(1)`, ... in 64 tasks until the window ends; returns how many
