@@ -475,10 +475,26 @@ async fn a_refused_client_certificate_is_counted_and_the_log_names_the_negotiate
     let line = binary.wait_for_line("connection closed").await;
     assert!(line.contains("\"outcome\":\"tls_error\""), "{line}");
     assert!(line.contains("\"side\":\"client\""), "{line}");
+    // The log says why, in a few words from what rustls refused.
+    assert!(
+        line.contains("\"cause\":\"client handshake: no certificate presented\""),
+        "{line}"
+    );
+    let stranger = Pki::new().unwrap().issue_client("mallory").unwrap();
+    let refused = match connect(proxy, "mtls.test", client(pki(), &[], Some(stranger))).await {
+        Ok(mut stream) => refusal(&mut stream).await,
+        Err(error) => error,
+    };
+    assert!(alert_of(&refused).is_some(), "{refused}");
+    let line = binary.wait_for_line("connection closed").await;
+    assert!(
+        line.contains("\"cause\":\"client handshake: certificate: "),
+        "{line}"
+    );
     let scraped = scrape(metrics).await;
     assert!(
         scraped.contains(
-            "sniroute_connections_closed_total{route=\"mtls.test\",outcome=\"tls_error\"} 1"
+            "sniroute_connections_closed_total{route=\"mtls.test\",outcome=\"tls_error\"} 2"
         ),
         "{scraped}"
     );

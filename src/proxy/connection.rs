@@ -21,17 +21,63 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Cause};
-use super::connect::{self, Connected};
+use super::connect::{self, ConnectError, Connected};
 use super::context::{ListenerContext, Shared};
 use super::relay::{self, Activity, Counted};
-use super::sniff::{ClientStream, Origin, Sniffed};
+use super::sniff::{ClientStream, Origin, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
 use crate::config::{Route, Target, Terminate};
 use crate::proxy_protocol::{self, Addresses, Tlvs};
 
 /// How a connection ended: its outcome, whose doing, and why.
-type Ending = (Outcome, Side, Cause);
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    outcome: Outcome,
+    side: Side,
+    cause: Cause,
+}
+
+impl Ending {
+    /// An ending the outcome says all about.
+    fn new(outcome: Outcome, side: Side) -> Self {
+        Self {
+            outcome,
+            side,
+            cause: Cause::None,
+        }
+    }
+}
+
+impl From<SniffError> for Ending {
+    fn from(error: SniffError) -> Self {
+        Self {
+            outcome: error.outcome(),
+            side: error.side(),
+            cause: Cause::Sniff(error),
+        }
+    }
+}
+
+impl From<ConnectError> for Ending {
+    fn from(error: ConnectError) -> Self {
+        Self {
+            outcome: error.outcome(),
+            side: error.side(),
+            cause: Cause::Connect(error),
+        }
+    }
+}
+
+impl From<TlsError> for Ending {
+    fn from(error: TlsError) -> Self {
+        Self {
+            outcome: error.outcome(),
+            side: error.side(),
+            cause: Cause::Tls(error),
+        }
+    }
+}
 
 /// Serves one accepted connection to its end, then writes its access-log line and metrics. The
 /// line, the metrics and the connection's slot (`permit`) are all done with before the client
@@ -51,7 +97,7 @@ pub(super) async fn serve(
     // Boxed: the setup's state (hello reads, connect, a whole terminated session) is freed when
     // it ends, so an established passthrough connection's task holds only the relay's.
     let next = Box::pin(setup(&mut client, &live, &listener, &shared, &mut log)).await;
-    let (outcome, side, cause) = match next {
+    let ending = match next {
         Next::Done(ending) => ending,
         Next::Relay {
             backend,
@@ -70,7 +116,7 @@ pub(super) async fn serve(
             .await
         }
     };
-    log.end(outcome, side, cause);
+    log.end(ending.outcome, ending.side, ending.cause);
     live.metrics.active.decrement(1.0);
     drop(log);
     drop(permit);
@@ -106,14 +152,14 @@ async fn setup<'a>(
         Ok(sniffed) => sniffed,
         Err(error) => {
             alert::close(&mut client.socket, error.alert()).await;
-            return Next::Done((error.outcome(), error.side(), Cause::Sniff(error)));
+            return Next::Done(error.into());
         }
     };
     if shared.replayed.is_own(hello.random_prefix) {
         // Our own replayed hello, back through a routing loop: close it at once, no alert (the
         // other end is this process).
         log.hello(&mut hello);
-        return Next::Done((Outcome::RoutingLoop, Side::Internal, Cause::None));
+        return Next::Done(Ending::new(Outcome::RoutingLoop, Side::Internal));
     }
     let random_prefix = hello.random_prefix;
     live.metrics.hello_bytes.record(hello.wire_len as f64);
@@ -134,7 +180,7 @@ async fn setup<'a>(
             Some(TlsAlertDescription::UnrecognizedName),
         )
         .await;
-        return Next::Done((Outcome::NoRoute, Side::Client, Cause::None));
+        return Next::Done(Ending::new(Outcome::NoRoute, Side::Client));
     };
     log.route = Some(route);
     let origin = client.origin();
@@ -200,7 +246,7 @@ async fn dial(
             log.backend = connected.address;
             Ok(connected)
         }
-        Err(error) => Err((error.outcome(), error.side(), Cause::Connect(error))),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -221,17 +267,14 @@ async fn terminated<'a>(
     let accepted = tokio::select! {
         accepted = timeout(live.timeouts.client_hello, handshake) => accepted,
         () = shared.shutdown.hellos.cancelled() => {
-            return (Outcome::Drained, Side::Internal, Cause::None);
+            return Ending::new(Outcome::Drained, Side::Internal);
         }
     };
     drop(replay);
     let mut client = match accepted {
         Ok(Ok(client)) => client,
-        Ok(Err(error)) => return (Outcome::TlsError, Side::Client, Cause::Tls(error)),
-        Err(_elapsed) => {
-            let error = TlsError::ClientTimeout;
-            return (Outcome::HelloTimeout, Side::Client, Cause::Tls(error));
-        }
+        Ok(Err(error)) => return error.into(),
+        Err(_elapsed) => return TlsError::ClientTimeout.into(),
     };
     // The negotiated protocol, borrowed from the route's list (it is one of them).
     let negotiated = client.get_ref().1.alpn_protocol();
@@ -276,11 +319,7 @@ async fn terminated<'a>(
                 Ok(Err(error)) => tls::describe_io(error),
                 _ => "not complete in time",
             };
-            (
-                Outcome::TlsError,
-                Side::Backend,
-                Cause::Tls(TlsError::Backend(reason)),
-            )
+            TlsError::Backend(reason).into()
         }
     }
 }
@@ -319,8 +358,8 @@ async fn passthrough(
     drop(replay);
     match replayed {
         Ok(Ok(())) => log.to_backend = replay_len,
-        Ok(Err(_)) => return (Outcome::Reset, Side::Backend, Cause::None),
-        Err(_) => return (Outcome::IdleTimeout, Side::Internal, Cause::None),
+        Ok(Err(_)) => return Ending::new(Outcome::Reset, Side::Backend),
+        Err(_) => return Ending::new(Outcome::IdleTimeout, Side::Internal),
     }
     #[cfg(target_os = "linux")]
     {
@@ -340,13 +379,13 @@ async fn passthrough(
         .await;
         log.to_backend += counts.to_backend.load(Ordering::Relaxed);
         log.to_client = counts.to_client.load(Ordering::Relaxed);
-        (outcome, side, Cause::None)
+        Ending::new(outcome, side)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let (outcome, side, cause) = copy(client, backend, live, shared, log).await;
+        let ending = copy(client, backend, live, shared, log).await;
         log.to_backend += replay_len;
-        (outcome, side, cause)
+        ending
     }
 }
 
@@ -375,5 +414,5 @@ where
     .await;
     log.to_backend = backend.written;
     log.to_client = client.written;
-    (outcome, side, Cause::None)
+    Ending::new(outcome, side)
 }

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::{StartHandshake, TlsStream};
 use tokio_rustls::{client, TlsConnector};
 
+use super::{Outcome, Side};
 use crate::proxy_protocol::Ssl;
 use crate::terminate::BackendTls;
 
@@ -33,6 +34,25 @@ pub(super) enum TlsError {
     /// The re-encrypting handshake with the backend failed or timed out.
     #[error("backend handshake: {0}")]
     Backend(&'static str),
+}
+
+impl TlsError {
+    /// How the connection ends: a failed handshake is `tls_error`; one that didn't complete in
+    /// time is `hello_timeout`, like a hello that didn't.
+    pub(super) fn outcome(&self) -> Outcome {
+        match self {
+            Self::Client(_) | Self::Backend(_) => Outcome::TlsError,
+            Self::ClientTimeout => Outcome::HelloTimeout,
+        }
+    }
+
+    /// Whose doing it was.
+    pub(super) fn side(&self) -> Side {
+        match self {
+            Self::Client(_) | Self::ClientTimeout => Side::Client,
+            Self::Backend(_) => Side::Backend,
+        }
+    }
 }
 
 /// Completes the handshake with `client` whose first bytes, its whole ClientHello included, are
