@@ -6,19 +6,7 @@ mod support;
 
 use sniroute::hello::synth::ClientHelloBuilder;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn scrape(address: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: metrics\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    guard(stream.read_to_string(&mut response)).await.unwrap();
-    response
-}
 
 /// The value of the series `name` whose labels include all of `labels`.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

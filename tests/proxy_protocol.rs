@@ -32,6 +32,18 @@ fn header(version: Version, source: &str, destination: &str, tlvs: Tlvs<'_>) -> 
     out
 }
 
+/// `bytes` behind a v1 header from a balancer's client (203.0.113.7:4242).
+fn behind_v1_header(bytes: &[u8]) -> Vec<u8> {
+    let mut sent = header(
+        Version::V1,
+        "203.0.113.7:4242",
+        "198.51.100.1:443",
+        Tlvs::default(),
+    );
+    sent.extend_from_slice(bytes);
+    sent
+}
+
 #[tokio::test]
 async fn routes_send_v1_and_v2_headers_with_the_client_address_sni_and_alpn() {
     let mut v1 = Recording::start("v1").await;
@@ -159,13 +171,7 @@ async fn headers_are_required_from_trusted_sources_and_refused_from_others() {
         .await;
     let listener = report.listeners[1];
     let hello = ClientHelloBuilder::new().server_name("app.test").record();
-    let mut with_header = header(
-        Version::V1,
-        "203.0.113.7:4242",
-        "198.51.100.1:443",
-        Tlvs::default(),
-    );
-    with_header.extend_from_slice(&hello);
+    let with_header = behind_v1_header(&hello);
 
     // From the trusted source: a missing or malformed header closes the connection.
     assert_eq!(send_from("127.0.0.1", listener, &hello).await.1, b"");
@@ -281,13 +287,7 @@ async fn a_reload_that_narrows_a_kept_listeners_trusted_sources_applies_at_once(
         .await
         .listeners[1];
     let hello = ClientHelloBuilder::new().server_name("app.test").record();
-    let mut with_header = header(
-        Version::V1,
-        "203.0.113.7:4242",
-        "198.51.100.1:443",
-        Tlvs::default(),
-    );
-    with_header.extend_from_slice(&hello);
+    let with_header = behind_v1_header(&hello);
     // Trusted: a hello without a header is refused; one with a header is served.
     assert_eq!(send_raw(balanced, &hello).await, b"");
     assert!(!send_raw(balanced, &with_header).await.is_empty());

@@ -491,7 +491,7 @@ async fn a_refused_client_certificate_is_counted_and_the_log_names_the_negotiate
         line.contains("\"cause\":\"client handshake: certificate: "),
         "{line}"
     );
-    let scraped = scrape(metrics).await;
+    let scraped = scrape(metrics, "/metrics").await;
     assert!(
         scraped.contains(
             "sniroute_connections_closed_total{route=\"mtls.test\",outcome=\"tls_error\"} 2"
@@ -499,15 +499,4 @@ async fn a_refused_client_certificate_is_counted_and_the_log_names_the_negotiate
         "{scraped}"
     );
     assert_eq!(binary.terminate().await, Some(0));
-}
-
-async fn scrape(address: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    guard(stream.read_to_string(&mut response)).await.unwrap();
-    response
 }

@@ -336,6 +336,18 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// `GET path` on a metrics address; the whole HTTP response.
+pub async fn scrape(address: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: metrics\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    guard(stream.read_to_string(&mut response)).await.unwrap();
+    response
+}
+
 /// A fatal TLS alert record with this description.
 pub fn alert(description: u8) -> Vec<u8> {
     vec![21, 3, 3, 0, 2, 2, description]
