@@ -242,18 +242,20 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let timeouts = config.timeouts;
     writeln!(
         out,
-        "timeouts  client_hello {}, connect {}, idle {}, drain {}",
+        "timeouts  client_hello {}, connect {}, idle {}, drain {}, proxy_header {}",
         humantime::format_duration(timeouts.client_hello),
         humantime::format_duration(timeouts.connect),
         humantime::format_duration(timeouts.idle),
-        humantime::format_duration(timeouts.drain)
+        humantime::format_duration(timeouts.drain),
+        humantime::format_duration(timeouts.proxy_header)
     )?;
     writeln!(
         out,
-        "limits    max_connections {}, max_client_hello {}, max_pending_per_ip {}",
+        "limits    max_connections {}, max_client_hello {}, max_pending_per_ip {}, max_pending_hello_bytes {}",
         config.limits.max_connections,
         config.limits.max_client_hello,
-        config.limits.max_pending_per_ip
+        config.limits.max_pending_per_ip,
+        config.limits.max_pending_hello_bytes
     )?;
     writeln!(out, "routes, in the order they match:")?;
     let rows: Vec<[String; 6]> = in_match_order(&config)
@@ -514,11 +516,27 @@ fn describe_hello(hello: &ClientHello) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// Writes `text` to `path`, removing what was there first and creating the file new, so nothing is
+/// ever written through a link someone left at that fixed name.
+fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
 /// Where the demo's proxy listens, as the README and the example routes.toml say.
 const DEMO_PORT: u16 = 8443;
 
 async fn demo() -> anyhow::Result<()> {
-    let path = Path::new("routes.toml (built into sniroute demo)");
+    // The example config, written where the demo can watch it: SIGHUP, or an edit of this file,
+    // reloads it as it would a real one.
+    let config_path = std::env::temp_dir().join("sniroute-demo-routes.toml");
+    write_new(&config_path, EXAMPLE_CONFIG)?;
+    let path = config_path.as_path();
     let config = Config::parse(path, EXAMPLE_CONFIG)?;
     let pki = Pki::new()?;
 
@@ -544,16 +562,9 @@ async fn demo() -> anyhow::Result<()> {
         );
     }
     // One fixed name, so the README's curl commands work as written (the demo's fixed ports
-    // already mean one demo at a time). Removed first and created new, never written through
-    // a link someone left there.
+    // already mean one demo at a time).
     let ca_path = std::env::temp_dir().join("sniroute-demo-ca.pem");
-    let _ = std::fs::remove_file(&ca_path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&ca_path)
-        .and_then(|mut file| file.write_all(pki.ca_pem().as_bytes()))
-        .with_context(|| format!("{}: cannot write", ca_path.display()))?;
+    write_new(&ca_path, &pki.ca_pem())?;
 
     let server = Server::bind(path, &config).await?;
     let proxy = server.local_addrs()[0];
@@ -591,5 +602,6 @@ async fn demo() -> anyhow::Result<()> {
         backend.stop().await;
     }
     let _ = std::fs::remove_file(&ca_path);
+    let _ = std::fs::remove_file(&config_path);
     Ok(())
 }

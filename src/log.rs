@@ -9,7 +9,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -180,10 +180,17 @@ pub struct FlushOnDrop {
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
         // An empty line is "flush and stop"; the channel is in order, so everything logged before
-        // it is written first. A full channel (stderr stuck) can't take it: then the deadline
-        // decides.
-        let _ = self.sender.try_send(Vec::new());
-        if self.done.recv_timeout(self.deadline).is_err() {
+        // it is written first. A full channel can't take it yet: try again while the writer
+        // drains it, until the deadline (a stderr nobody reads never drains it).
+        let deadline = std::time::Instant::now() + self.deadline;
+        while let Err(TrySendError::Full(_)) = self.sender.try_send(Vec::new()) {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(BATCH_PERIOD);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if self.done.recv_timeout(left).is_err() {
             // The writer is stuck in a write nobody reads; the process exits without it.
             DROPPED.fetch_add(QUEUED.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         }

@@ -180,12 +180,23 @@ impl Server {
         );
         shared.shutdown.hellos.cancel();
         connections.close();
-        if tokio::time::timeout(drain, connections.wait())
-            .await
-            .is_err()
-        {
-            shared.shutdown.splices.cancel();
-            connections.wait().await;
+        // The drain ends when the connections do, at its limit, or at a second SIGTERM/SIGINT
+        // (an operator's "now"), whichever comes first; then the rest are closed.
+        let second_signal = async {
+            while let Some(signal) = signals.recv().await {
+                if signal == Signal::Shutdown {
+                    tracing::info!("second shutdown signal: closing the remaining connections");
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            () = connections.wait() => {}
+            _ = tokio::time::timeout(drain, second_signal) => {
+                shared.shutdown.splices.cancel();
+                connections.wait().await;
+            }
         }
         running.serve_metrics(None, None);
         admin.close();
@@ -300,6 +311,12 @@ impl Server {
             running.start(self, configured, listener);
         }
         if let Some(metrics) = prepared.metrics {
+            if running.metrics.is_none() && metrics.is_some() {
+                // The recorder was just installed: kept listeners' handles were made without it.
+                for listener in running.listeners.values() {
+                    listener.context.renew_metrics();
+                }
+            }
             running.serve_metrics(config.metrics.as_ref(), metrics);
         }
         let max = config.limits.max_connections;
@@ -435,8 +452,10 @@ async fn bind_listeners<T>(
 /// Refuses a route (or `[default]`) whose backend is one of the config's own listeners: the
 /// listener's address itself, or, for a listener on a wildcard address, any local address with
 /// its port. One hello to such a route would loop through the proxy until descriptors ran out.
-/// Backends named by host are resolved only at connect time; a loop through one is caught on
-/// the wire (outcome `routing_loop`).
+/// Backends named by host are resolved only at connect time; a passthrough loop through one is
+/// caught on the wire (outcome `routing_loop`). A terminate route that re-encrypts to its own
+/// listener starts a new handshake each hop, which nothing recognises: `max_connections` bounds
+/// it.
 ///
 /// # Errors
 /// The first such route, located at its `backend`.

@@ -89,8 +89,8 @@ fn check_prints_the_resolved_route_table_in_match_order() {
     let expected = format!(
         "{}: ok
 listen    127.0.0.1:8443
-timeouts  client_hello 10s, connect 5s, idle 1h, drain 30s
-limits    max_connections 50000, max_client_hello 65536, max_pending_per_ip 64
+timeouts  client_hello 10s, connect 5s, idle 1h, drain 30s, proxy_header 5s
+limits    max_connections 50000, max_client_hello 65536, max_pending_per_ip 64, max_pending_hello_bytes 67108864
 routes, in the order they match:
   line  name              sni               alpn  backend         tls
   24    alpha.demo.test   alpha.demo.test   -     127.0.0.1:9001  passthrough

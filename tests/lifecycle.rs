@@ -116,3 +116,20 @@ async fn listeners_with_reuse_port_share_an_address_and_others_are_refused() {
         drop(spliced(address.parse().unwrap()).await);
     }
 }
+
+/// A second SIGTERM/SIGINT during the drain is an operator's "now": the remaining connections
+/// are closed at once instead of at the drain limit.
+#[tokio::test]
+async fn a_second_shutdown_signal_ends_the_drain_at_once() {
+    let backend = echo_backend().await;
+    let proxy = Proxy::start(&format!(
+        "[timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+    ))
+    .await;
+    let mut stream = spliced(proxy.address).await;
+    proxy.signal(sniroute::server::Signal::Shutdown).await;
+    proxy.signal(sniroute::server::Signal::Shutdown).await;
+    // Within the hang guard, not the hour the drain allows.
+    proxy.stopped().await;
+    assert_eq!(read_until_closed(&mut stream).await, b"");
+}

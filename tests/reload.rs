@@ -238,7 +238,16 @@ async fn a_reload_adds_moves_and_removes_the_metrics_endpoint() {
         .await
         .metrics
         .expect("metrics after the reload");
-    assert!(scrape(first, "/metrics").await.contains("sniroute_"));
+    // The listener kept from before `[metrics]` existed counts too.
+    assert_eq!(who_answers(proxy.address, "app.test", &[]).await, "one");
+    let text = scrape(first, "/metrics").await;
+    assert!(
+        text.contains(&format!(
+            "sniroute_connections_accepted_total{{listener=\"{}\"}}",
+            proxy.address
+        )),
+        "{text}"
+    );
     let second = proxy
         .reload_with(&with_metrics("127.0.0.8:0"))
         .await

@@ -500,3 +500,49 @@ async fn a_refused_client_certificate_is_counted_and_the_log_names_the_negotiate
     );
     assert_eq!(binary.terminate().await, Some(0));
 }
+
+/// A hello whose handshake sniroute is still completing is still a pending hello: it counts
+/// against `max_pending_per_ip` (and the hello budget) until the handshake is done, so clients
+/// that send a whole hello and go quiet can't sidestep the limit.
+#[tokio::test]
+async fn a_terminate_handshake_in_progress_counts_as_a_pending_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&format!(
+        "[limits]\nmax_pending_per_ip = 2\n[[route]]\nsni = \"admin.test\"\nbackend = \"{}\"\n{}",
+        http_backend("plain").await,
+        terminate_table(dir.path(), "admin.test", ""),
+    ))
+    .await;
+    let mut quiet = Vec::new();
+    for _ in 0..2 {
+        let hello = sniroute::hello::synth::ClientHelloBuilder::new()
+            .server_name("admin.test")
+            .record();
+        let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+        stream.write_all(&hello).await.unwrap();
+        // The server's first flight: the handshake is under way, waiting for the client.
+        let mut flight = [0u8; 5];
+        guard(stream.read_exact(&mut flight)).await.unwrap();
+        assert_eq!(flight[0], 22, "a handshake record");
+        quiet.push(stream);
+    }
+    let third = sniroute::hello::synth::ClientHelloBuilder::new()
+        .server_name("admin.test")
+        .record();
+    assert_eq!(
+        send_raw(proxy.address, &third).await,
+        b"",
+        "a third pending hello from one address was served"
+    );
+    // Once they are gone (the proxy has closed them, so their slots are back), the address is
+    // served again.
+    for mut stream in quiet {
+        stream.shutdown().await.unwrap();
+        read_until_closed(&mut stream).await;
+    }
+    let mut stream = connect(proxy.address, "admin.test", client(pki(), &[], None))
+        .await
+        .unwrap();
+    exchange(&mut stream, REQUEST).await.unwrap();
+    proxy.shutdown().await;
+}

@@ -90,19 +90,20 @@ impl HandshakeAssembler {
                 ));
             }
         }
-        self.bytes[offset..end].copy_from_slice(data);
-        // Merge `offset..end` into the ranges it touches.
+        // Merge `offset..end` into the ranges it touches, refusing before anything changes if
+        // that would make one range too many.
         let first = self.received.partition_point(|range| range.end < offset);
         let last = self.received.partition_point(|range| range.start <= end);
+        if first == last && self.received.len() == MAX_GAPS {
+            return Err(HelloError::Malformed("too many gaps in the handshake data"));
+        }
         let merged = if first < last {
             self.received[first].start.min(offset)..self.received[last - 1].end.max(end)
         } else {
             offset..end
         };
         self.received.splice(first..last, [merged]);
-        if self.received.len() > MAX_GAPS {
-            return Err(HelloError::Malformed("too many gaps in the handshake data"));
-        }
+        self.bytes[offset..end].copy_from_slice(data);
         Ok(())
     }
 

@@ -84,7 +84,7 @@ impl Listener {
                     accepted
                 }
                 Err(error) => {
-                    self.context.metrics.accept_errors.increment(1);
+                    self.context.metrics.load().accept_errors.increment(1);
                     let pause = errors.failed(Some(self.address), &error);
                     tokio::select! {
                         () = tokio::time::sleep(pause) => continue,
@@ -92,10 +92,14 @@ impl Listener {
                     }
                 }
             };
-            self.context.metrics.accepted.increment(1);
+            self.context.metrics.load().accepted.increment(1);
             let live = live.load_full();
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.context.metrics.over_max_connections.increment(1);
+                self.context
+                    .metrics
+                    .load()
+                    .over_max_connections
+                    .increment(1);
                 let mut log = AccessLog::new(client_addr, live.table.unmatched());
                 log.end(Outcome::OverLimit, Side::Internal, Cause::None);
                 continue;

@@ -135,6 +135,12 @@ impl Drop for AccessLog<'_> {
             .backend
             .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
         let ja4 = self.ja4.as_ref().map_or("-", Ja4::as_str);
+        // A string, so the human format quotes it (a cause has spaces); formatted only on
+        // failures.
+        let cause = match self.cause {
+            Cause::None => std::borrow::Cow::Borrowed("-"),
+            cause => std::borrow::Cow::Owned(cause.to_string()),
+        };
         tracing::info!(
             target: "sniroute::access",
             sni = sni,
@@ -149,7 +155,7 @@ impl Drop for AccessLog<'_> {
             duration_ms = elapsed.as_millis() as u64,
             outcome = outcome.as_str(),
             side = %side,
-            cause = %self.cause,
+            cause = &*cause,
             ja4 = ja4,
             "connection closed"
         );

@@ -44,7 +44,8 @@ pub(super) enum ConnectError {
 
 impl ConnectError {
     fn of(error: &io::Error) -> Self {
-        // EMFILE, ENFILE, ENOBUFS, ENOMEM: the proxy's own limits, not the backend's fault.
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM (Linux's numbers): the proxy's own limits, not the
+        // backend's fault.
         const LOCAL: [i32; 4] = [24, 23, 105, 12];
         match error.raw_os_error() {
             Some(code) if LOCAL.contains(&code) => Self::Local(code),
@@ -103,10 +104,15 @@ pub(super) async fn connect(
         Backend::Host(..) => stream.peer_addr().ok(),
     };
     if let Some(header) = header {
-        match timeout(timeouts.idle, stream.write_all(header)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(ConnectError::Header((&error).into())),
-            Err(_elapsed) => return Err(ConnectError::Header(io::ErrorKind::TimedOut.into())),
+        // Part of the connect: bounded by its limit, and counted against the backend.
+        let written = match timeout(timeouts.connect, stream.write_all(header)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ConnectError::Header((&error).into())),
+            Err(_elapsed) => Err(ConnectError::Header(io::ErrorKind::TimedOut.into())),
+        };
+        if let Err(error) = written {
+            metrics.connect_failures.increment(1);
+            return Err(error);
         }
     }
     Ok(Connected { stream, address })

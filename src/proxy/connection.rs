@@ -24,7 +24,7 @@ use super::access_log::{AccessLog, Cause};
 use super::connect::{self, ConnectError, Connected};
 use super::context::{ListenerContext, Shared};
 use super::relay::{self, Activity, Counted};
-use super::sniff::{ClientStream, Origin, SniffError, Sniffed};
+use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
 use crate::config::{Route, Target, Terminate};
@@ -81,7 +81,8 @@ impl From<TlsError> for Ending {
 
 /// Serves one accepted connection to its end, then writes its access-log line and metrics. The
 /// line, the metrics and the connection's slot (`permit`) are all done with before the client
-/// socket closes, so a client that has seen the close can count on them.
+/// socket is closed. (A failure's alert is followed by a shutdown of the write side, which a
+/// client sees as EOF slightly before that.)
 pub(super) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
@@ -124,14 +125,14 @@ pub(super) async fn serve(
 }
 
 /// Where the setup phase leaves a connection.
-enum Next {
+enum Next<'s> {
     /// It is over, ended this way.
     Done(Ending),
     /// Passthrough with the backend connected: `replay` (everything read from the client so
     /// far, the hello first) goes to it, then bytes are copied both ways.
     Relay {
         backend: TcpStream,
-        replay: Vec<u8>,
+        replay: Replay<'s>,
         /// The hello's random, noted while the connection is open to see a routing loop.
         random_prefix: u64,
     },
@@ -139,13 +140,13 @@ enum Next {
 
 /// Everything before the long copy: sniff, route, then the backend connect (passthrough) or a
 /// whole terminated session.
-async fn setup<'a>(
-    client: &mut ClientStream<'_>,
+async fn setup<'a, 's>(
+    client: &mut ClientStream<'s>,
     live: &'a Live,
     listener: &ListenerContext,
-    shared: &Shared,
+    shared: &'s Shared,
     log: &mut AccessLog<'a>,
-) -> Next {
+) -> Next<'s> {
     let sniffed = client.sniff(live, listener, shared).await;
     log.client = client.origin().source;
     let Sniffed { mut hello, replay } = match sniffed {
@@ -258,12 +259,12 @@ async fn terminated<'a>(
     route: &'a Route,
     terminate: &'a Terminate,
     origin: Origin,
-    replay: Vec<u8>,
+    replay: Replay<'_>,
     live: &'a Live,
     shared: &Shared,
     log: &mut AccessLog<'a>,
 ) -> Ending {
-    let handshake = tls::accept(&mut *socket, &replay, terminate.server.clone());
+    let handshake = tls::accept(&mut *socket, &replay.bytes, terminate.server.clone());
     let accepted = tokio::select! {
         accepted = timeout(live.timeouts.client_hello, handshake) => accepted,
         () = shared.shutdown.hellos.cancelled() => {
@@ -348,13 +349,20 @@ fn proxy_header(
 async fn passthrough(
     client: &mut TcpStream,
     mut backend: TcpStream,
-    replay: Vec<u8>,
+    replay: Replay<'_>,
     live: &Live,
     shared: &Shared,
     log: &mut AccessLog<'_>,
 ) -> Ending {
-    let replayed = timeout(live.timeouts.idle, backend.write_all(&replay)).await;
-    let replay_len = replay.len() as u64;
+    // Bounded by the idle limit, and by the drain like the copy that follows.
+    let replayed = tokio::select! {
+        replayed = timeout(live.timeouts.idle, backend.write_all(&replay.bytes)) => replayed,
+        () = shared.shutdown.splices.cancelled() => {
+            return Ending::new(Outcome::Drained, Side::Internal);
+        }
+    };
+    let replay_len = replay.bytes.len() as u64;
+    // Handed on: no longer a pending hello.
     drop(replay);
     match replayed {
         Ok(Ok(())) => log.to_backend = replay_len,

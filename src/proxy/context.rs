@@ -74,7 +74,7 @@ impl PendingHellos {
 
 /// One pending hello; given back when dropped.
 #[derive(Debug)]
-pub(super) struct PendingSlot<'a> {
+pub(crate) struct PendingSlot<'a> {
     hellos: Option<&'a PendingHellos>,
     /// Its counter in each row of the sketch.
     slots: [usize; 2],
@@ -168,8 +168,11 @@ pub struct ListenerContext {
     /// Sources that must send a PROXY protocol header first (and the only ones that may);
     /// swapped whole when a reload changes `proxy_protocol.trusted`, read once per accept.
     pub proxy_trusted: ArcSwap<Vec<Cidr>>,
-    /// The listener's series.
-    pub metrics: ListenerMetrics,
+    /// The listener's series; made again when a reload installs the metrics recorder, so a
+    /// listener kept from before `[metrics]` existed counts too.
+    pub metrics: ArcSwap<ListenerMetrics>,
+    /// Its bound address, the series' `listener` label.
+    address: SocketAddr,
 }
 
 impl ListenerContext {
@@ -177,8 +180,16 @@ impl ListenerContext {
     pub fn new(address: SocketAddr, trusted: Vec<Cidr>) -> Self {
         Self {
             proxy_trusted: ArcSwap::from_pointee(trusted),
-            metrics: ListenerMetrics::new(&address.to_string()),
+            metrics: ArcSwap::from_pointee(ListenerMetrics::new(&address.to_string())),
+            address,
         }
+    }
+
+    /// Registers the listener's series again (with the recorder installed now).
+    pub fn renew_metrics(&self) {
+        self.metrics.store(std::sync::Arc::new(ListenerMetrics::new(
+            &self.address.to_string(),
+        )));
     }
 
     /// Whether connections from `source` must start with a PROXY header.

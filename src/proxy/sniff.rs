@@ -10,7 +10,9 @@
 //! Memory under a flood of stalled hellos is bounded twice: the buffer grows only by the bytes
 //! that actually arrived (never by what a record header announces, never past
 //! `limits.max_client_hello`), and all pending hellos together hold at most
-//! `limits.max_pending_hello_bytes`, taken from the shared [`HelloBudget`].
+//! `limits.max_pending_hello_bytes`, taken from the shared [`HelloBudget`]. A hello stays
+//! pending (for its address and in the budget) until its bytes are handed on: the [`Replay`]
+//! carries both holds out of this phase.
 
 use std::cell::RefCell;
 use std::io;
@@ -20,7 +22,7 @@ use tls_parser::TlsAlertDescription;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::context::{HelloBudget, ListenerContext, Shared};
+use super::context::{HelloBudget, ListenerContext, PendingSlot, Shared};
 use super::{IoCause, Live, Outcome, Side};
 use crate::hello::{ClientHello, HelloError, Peeker, Progress};
 use crate::proxy_protocol::{self, Addresses, ProxyHeaderError};
@@ -53,20 +55,61 @@ pub(super) struct ClientStream<'a> {
     buffer: Vec<u8>,
     /// `limits.max_client_hello`.
     limit: usize,
+    /// The part of the pending-hello budget `buffer` holds.
+    budget: BudgetHold<'a>,
+}
+
+/// Bytes taken from the shared [`HelloBudget`], given back when dropped, so no exit path keeps
+/// them.
+#[derive(Debug)]
+struct BudgetHold<'a> {
     budget: &'a HelloBudget,
     /// `limits.max_pending_hello_bytes`.
-    budget_limit: usize,
-    /// Bytes of `buffer` taken from `budget`, given back when the stream is dropped or the
-    /// buffer handed on.
-    budgeted: usize,
+    limit: usize,
+    held: usize,
+}
+
+impl<'a> BudgetHold<'a> {
+    /// Takes more so that `total` is held, if the shared budget allows.
+    fn grow_to(&mut self, total: usize) -> bool {
+        if !self.budget.take(total - self.held, self.limit) {
+            return false;
+        }
+        self.held = total;
+        true
+    }
+
+    /// What is held, moved out into a new hold; this one holds nothing after.
+    fn take(&mut self) -> Self {
+        Self {
+            budget: self.budget,
+            limit: self.limit,
+            held: std::mem::take(&mut self.held),
+        }
+    }
+}
+
+impl Drop for BudgetHold<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
+    }
 }
 
 /// What the sniff phase yields: the hello, and everything read so far to replay.
 #[derive(Debug)]
-pub(super) struct Sniffed {
+pub(super) struct Sniffed<'a> {
     pub(super) hello: ClientHello,
-    /// The hello's bytes and whatever followed them, unchanged; no longer counted as pending.
-    pub(super) replay: Vec<u8>,
+    pub(super) replay: Replay<'a>,
+}
+
+/// The bytes read from the client (its hello first), still counted as a pending hello, for its
+/// address and in the budget, until they are handed on: written to the backend (passthrough) or
+/// through the finished handshake (terminate). Dropping it gives both back.
+#[derive(Debug)]
+pub(super) struct Replay<'a> {
+    pub(super) bytes: Vec<u8>,
+    _budget: BudgetHold<'a>,
+    _pending: PendingSlot<'a>,
 }
 
 /// How the sniff phase failed. Small and `Copy`, like every per-connection error.
@@ -159,9 +202,11 @@ impl<'a> ClientStream<'a> {
             },
             buffer: Vec::new(),
             limit: live.limits.max_client_hello,
-            budget: &shared.hello_budget,
-            budget_limit: live.limits.max_pending_hello_bytes,
-            budgeted: 0,
+            budget: BudgetHold {
+                budget: &shared.hello_budget,
+                limit: live.limits.max_pending_hello_bytes,
+                held: 0,
+            },
         }
     }
 
@@ -177,8 +222,8 @@ impl<'a> ClientStream<'a> {
         &mut self,
         live: &Live,
         listener: &ListenerContext,
-        shared: &Shared,
-    ) -> Result<Sniffed, SniffError> {
+        shared: &'a Shared,
+    ) -> Result<Sniffed<'a>, SniffError> {
         let shutdown = &shared.shutdown.hellos;
         if listener.trusts(self.origin.source.ip()) {
             tokio::select! {
@@ -188,11 +233,11 @@ impl<'a> ClientStream<'a> {
                 () = shutdown.cancelled() => return Err(SniffError::Drained),
             }
         }
-        let Some(_pending) = shared
+        let Some(pending) = shared
             .pending
             .enter(self.origin.source.ip(), live.limits.max_pending_per_ip)
         else {
-            listener.metrics.over_max_pending.increment(1);
+            listener.metrics.load().over_max_pending.increment(1);
             return Err(SniffError::PendingLimit);
         };
         let hello = tokio::select! {
@@ -201,10 +246,13 @@ impl<'a> ClientStream<'a> {
             }
             () = shutdown.cancelled() => return Err(SniffError::Drained),
         };
-        self.budget.give_back(std::mem::take(&mut self.budgeted));
         Ok(Sniffed {
             hello,
-            replay: std::mem::take(&mut self.buffer),
+            replay: Replay {
+                bytes: std::mem::take(&mut self.buffer),
+                _budget: self.budget.take(),
+                _pending: pending,
+            },
         })
     }
 
@@ -281,24 +329,15 @@ impl<'a> ClientStream<'a> {
     /// more, never past `limit`, paid for from the budget.
     fn reserve(&mut self, more: usize) -> Result<(), SniffError> {
         let needed = self.buffer.len() + more;
-        if needed <= self.budgeted {
+        let held = self.budget.held;
+        if needed <= held {
             return Ok(());
         }
-        let grown = needed
-            .max(self.budgeted + self.budgeted / 2)
-            .max(MIN_BUFFER)
-            .min(self.limit);
-        if !self.budget.take(grown - self.budgeted, self.budget_limit) {
+        let grown = needed.max(held + held / 2).max(MIN_BUFFER).min(self.limit);
+        if !self.budget.grow_to(grown) {
             return Err(SniffError::HelloBudget);
         }
-        self.budgeted = grown;
         self.buffer.reserve_exact(grown - self.buffer.len());
         Ok(())
-    }
-}
-
-impl Drop for ClientStream<'_> {
-    fn drop(&mut self) {
-        self.budget.give_back(self.budgeted);
     }
 }
