@@ -49,11 +49,12 @@ pub struct Limits {
     /// Bytes of ClientHello at most, record headers included, across records. Default 65,536;
     /// a longer hello is refused (outcome `hello_too_large`).
     pub max_client_hello: usize,
-    /// Connections from one client address still sending their hello, at most; 0 for no limit.
+    /// Connections from one client address whose hello is pending (still arriving, or not yet
+    /// handed on: the backend connect, a terminate route's handshake), at most; 0 for no limit.
     /// Default 64; past it new connections from that address are closed at once (outcome
     /// `pending_limit`) while other addresses are served.
     pub max_pending_per_ip: usize,
-    /// Bytes all connections still sending their hello may hold together. Default 64 MiB; a
+    /// Bytes all pending hellos (as above) may hold together. Default 64 MiB; a
     /// connection whose hello would take more is closed (outcome `hello_budget`) while the ones
     /// already waiting keep theirs.
     pub max_pending_hello_bytes: usize,
