@@ -217,8 +217,13 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
     bench.names = start_backends().await?.into();
     let mut targets = vec![Target::new(Kind::Direct)];
     let mut notes = Vec::new();
-    for kind in [Kind::Sniroute, Kind::Haproxy, Kind::Nginx] {
-        if kind == Kind::Sniroute || installed(kind.label()) {
+    for kind in [
+        Kind::Sniroute,
+        Kind::SnirouteLogOff,
+        Kind::Haproxy,
+        Kind::Nginx,
+    ] {
+        if matches!(kind, Kind::Sniroute | Kind::SnirouteLogOff) || installed(kind.label()) {
             targets.push(Target::start(&bench, kind).await);
         } else {
             notes.push(format!("{}: not installed, skipped", kind.label()));
@@ -478,6 +483,8 @@ fn client_hello(host: &str) -> anyhow::Result<Vec<u8>> {
 enum Kind {
     Direct,
     Sniroute,
+    /// sniroute with its access log off (`SNIROUTE_LOG=warn`): the log's cost is the difference.
+    SnirouteLogOff,
     Haproxy,
     Nginx,
 }
@@ -487,6 +494,7 @@ impl Kind {
         match self {
             Kind::Direct => "direct",
             Kind::Sniroute => "sniroute",
+            Kind::SnirouteLogOff => "sniroute-log-off",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
@@ -623,7 +631,7 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let routes = bench.names.iter().map(|name| (&name.host, name.backend));
     let (command, tree) = match kind {
-        Kind::Sniroute => {
+        Kind::Sniroute | Kind::SnirouteLogOff => {
             let mut text = sniroute_header(listen);
             for (host, backend) in routes {
                 write!(
@@ -631,7 +639,11 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
                     "\n[[route]]\nsni = \"{host}\"\nbackend = \"{backend}\"\n"
                 )?;
             }
-            (sniroute_command(&dir, &text)?, false)
+            let mut command = sniroute_command(&dir, &text)?;
+            if kind == Kind::SnirouteLogOff {
+                command.env("SNIROUTE_LOG", "warn");
+            }
+            (command, false)
         }
         Kind::Haproxy => {
             // HAProxy refuses to start if maxconn needs more descriptors than it may open:

@@ -22,7 +22,7 @@ use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Cause};
 use super::connect::{self, ConnectError, Connected};
-use super::context::{ListenerContext, Shared};
+use super::context::{ListenerContext, ReplayedHello, Shared};
 use super::relay::{self, Activity, Counted};
 use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
@@ -100,21 +100,10 @@ pub(super) async fn serve(
     let next = Box::pin(setup(&mut client, &live, &listener, &shared, &mut log)).await;
     let ending = match next {
         Next::Done(ending) => ending,
-        Next::Relay {
-            backend,
-            replay,
-            random_prefix,
-        } => {
-            let _noted = shared.replayed.note(random_prefix);
-            passthrough(
-                &mut client.socket,
-                backend,
-                replay,
-                &live,
-                &shared,
-                &mut log,
-            )
-            .await
+        Next::Relay { backend, noted } => {
+            let ending = passthrough(&mut client.socket, backend, &live, &shared, &mut log).await;
+            drop(noted);
+            ending
         }
     };
     log.end(ending.outcome, ending.side, ending.cause);
@@ -128,13 +117,12 @@ pub(super) async fn serve(
 enum Next<'s> {
     /// It is over, ended this way.
     Done(Ending),
-    /// Passthrough with the backend connected: `replay` (everything read from the client so
-    /// far, the hello first) goes to it, then bytes are copied both ways.
+    /// Passthrough with the backend connected and everything read from the client so far
+    /// written to it: bytes are copied both ways from here.
     Relay {
         backend: TcpStream,
-        replay: Replay<'s>,
         /// The hello's random, noted while the connection is open to see a routing loop.
-        random_prefix: u64,
+        noted: ReplayedHello<'s>,
     },
 }
 
@@ -197,11 +185,19 @@ async fn setup<'a, 's>(
             let header = proxy_header(target, origin, &client.socket, tlvs);
             // Boxed: a pending hello's future holds only the sniff's state, not the dial's.
             match Box::pin(dial(live, target, header.as_deref(), log)).await {
-                Ok(backend) => Next::Relay {
-                    backend: backend.stream,
-                    replay,
-                    random_prefix,
-                },
+                Ok(backend) => {
+                    // Noted before the replay goes out, for as long as the connection is open:
+                    // if this hello comes back, it is the proxy's own.
+                    let noted = shared.replayed.note(random_prefix);
+                    let mut backend = backend.stream;
+                    match replay_to(&mut backend, replay, live, shared).await {
+                        Ok(written) => {
+                            log.to_backend = written;
+                            Next::Relay { backend, noted }
+                        }
+                        Err(ending) => Next::Done(ending),
+                    }
+                }
                 Err(ending) => {
                     alert::close(&mut client.socket, Some(TlsAlertDescription::InternalError))
                         .await;
@@ -344,31 +340,38 @@ fn proxy_header(
     Some(header)
 }
 
-/// Passthrough: writes `replay` to the backend and drops it, then copies both ways (with
-/// splice(2) on Linux, so an idle connection holds no buffer).
+/// Writes the replay (the hello and whatever followed it) to the backend, within the idle limit
+/// and until the drain; once written it is no longer a pending hello. Returns the bytes written.
+async fn replay_to(
+    backend: &mut TcpStream,
+    replay: Replay<'_>,
+    live: &Live,
+    shared: &Shared,
+) -> Result<u64, Ending> {
+    let written = tokio::select! {
+        written = timeout(live.timeouts.idle, backend.write_all(&replay.bytes)) => written,
+        () = shared.shutdown.splices.cancelled() => {
+            return Err(Ending::new(Outcome::Drained, Side::Internal));
+        }
+    };
+    let len = replay.bytes.len() as u64;
+    drop(replay);
+    match written {
+        Ok(Ok(())) => Ok(len),
+        Ok(Err(_)) => Err(Ending::new(Outcome::Reset, Side::Backend)),
+        Err(_) => Err(Ending::new(Outcome::IdleTimeout, Side::Internal)),
+    }
+}
+
+/// Passthrough, the replay already written: copies both ways (with splice(2) on Linux, so an
+/// idle connection holds no buffer).
 async fn passthrough(
     client: &mut TcpStream,
-    mut backend: TcpStream,
-    replay: Replay<'_>,
+    backend: TcpStream,
     live: &Live,
     shared: &Shared,
     log: &mut AccessLog<'_>,
 ) -> Ending {
-    // Bounded by the idle limit, and by the drain like the copy that follows.
-    let replayed = tokio::select! {
-        replayed = timeout(live.timeouts.idle, backend.write_all(&replay.bytes)) => replayed,
-        () = shared.shutdown.splices.cancelled() => {
-            return Ending::new(Outcome::Drained, Side::Internal);
-        }
-    };
-    let replay_len = replay.bytes.len() as u64;
-    // Handed on: no longer a pending hello.
-    drop(replay);
-    match replayed {
-        Ok(Ok(())) => log.to_backend = replay_len,
-        Ok(Err(_)) => return Ending::new(Outcome::Reset, Side::Backend),
-        Err(_) => return Ending::new(Outcome::IdleTimeout, Side::Internal),
-    }
     #[cfg(target_os = "linux")]
     {
         use std::sync::atomic::Ordering;
@@ -391,8 +394,9 @@ async fn passthrough(
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let replayed = log.to_backend;
         let ending = copy(client, backend, live, shared, log).await;
-        log.to_backend += replay_len;
+        log.to_backend += replayed;
         ending
     }
 }
