@@ -57,9 +57,7 @@ pub struct Server {
     /// Bound listeners with the (protocol, address) routes.toml gave each.
     listeners: Vec<(ListenKey, Listener)>,
     /// `GET /metrics`, where the config asks for it.
-    metrics: Option<(TcpListener, SocketAddr)>,
-    /// The `[metrics]` table it was bound from.
-    metrics_listen: Option<Listen>,
+    metrics: Option<MetricsSocket>,
     live: Arc<ArcSwap<Live>>,
     permits: Arc<Semaphore>,
     max_connections: usize,
@@ -78,11 +76,7 @@ impl Server {
         refuse_loops(path, config)?;
         // The recorder goes in before any handle is made, or those handles would record nothing.
         let metrics = match &config.metrics {
-            Some(listen) => {
-                let socket = bind(path, listen, "metrics.address").await?;
-                series::install();
-                Some(socket)
-            }
+            Some(listen) => Some(MetricsSocket::bind(path, listen).await?),
             None => None,
         };
         let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new()).await?;
@@ -91,7 +85,7 @@ impl Server {
                 .iter()
                 .map(|(_, listener)| listener.address)
                 .collect(),
-            metrics: metrics.as_ref().map(|(_, address)| *address),
+            metrics: metrics.as_ref().map(|metrics| metrics.bound),
             ..ReloadReport::default()
         };
         let (file_events, file_changes) = mpsc::channel(1);
@@ -101,7 +95,6 @@ impl Server {
             path: path.to_owned(),
             listeners,
             metrics,
-            metrics_listen: config.metrics.clone(),
             live: Arc::new(ArcSwap::from_pointee(Live::new(config))),
             permits: Arc::new(Semaphore::new(config.limits.max_connections)),
             max_connections: config.limits.max_connections,
@@ -111,7 +104,7 @@ impl Server {
 
     /// Where `GET /metrics` is served, if the config asks for it.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(_, address)| *address)
+        self.metrics.as_ref().map(|metrics| metrics.bound)
     }
 
     /// The bound addresses, in config order (the real ports where the config said `:0`).
@@ -148,8 +141,7 @@ impl Server {
             running.start(&self, configured, listener);
         }
         // Metrics stay up through the drain, so it can be watched; they stop last.
-        let metrics = self.metrics.take();
-        running.serve_metrics(self.metrics_listen.as_ref(), metrics);
+        running.serve_metrics(self.metrics.take());
         notify_ready();
 
         loop {
@@ -198,7 +190,7 @@ impl Server {
                 connections.wait().await;
             }
         }
-        running.serve_metrics(None, None);
+        running.serve_metrics(None);
         admin.close();
         admin.wait().await;
         tracing::info!("stopped");
@@ -269,15 +261,14 @@ impl Server {
             }
         }
         let metrics = match (&config.metrics, &running.metrics) {
-            (Some(wanted), Some(current)) if wanted.address == current.configured => None,
-            (Some(wanted), _) => {
-                let socket = bind(&self.path, wanted, "metrics.address").await?;
-                // Before the new table's handles are made, so that they record.
-                series::install();
-                Some(Some(socket))
+            (Some(wanted), Some(current)) if wanted.address == current.configured => {
+                MetricsChange::Keep
             }
-            (None, Some(_)) => Some(None),
-            (None, None) => None,
+            (Some(wanted), _) => {
+                MetricsChange::Serve(MetricsSocket::bind(&self.path, wanted).await?)
+            }
+            (None, Some(_)) => MetricsChange::Stop,
+            (None, None) => MetricsChange::Keep,
         };
         let added = bind_listeners(&self.path, config, &running.listeners).await?;
         Ok(Prepared { added, metrics })
@@ -310,14 +301,19 @@ impl Server {
         for (configured, listener) in prepared.added {
             running.start(self, configured, listener);
         }
-        if let Some(metrics) = prepared.metrics {
-            if running.metrics.is_none() && metrics.is_some() {
-                // The recorder was just installed: kept listeners' handles were made without it.
-                for listener in running.listeners.values() {
-                    listener.context.renew_metrics();
+        match prepared.metrics {
+            MetricsChange::Keep => {}
+            MetricsChange::Stop => running.serve_metrics(None),
+            MetricsChange::Serve(socket) => {
+                if running.metrics.is_none() {
+                    // The recorder was just installed: kept listeners' handles were made
+                    // without it.
+                    for listener in running.listeners.values() {
+                        listener.context.renew_metrics();
+                    }
                 }
+                running.serve_metrics(Some(socket));
             }
-            running.serve_metrics(config.metrics.as_ref(), metrics);
         }
         let max = config.limits.max_connections;
         if max > self.max_connections {
@@ -339,8 +335,41 @@ impl Server {
 /// What a reload bound before applying anything.
 struct Prepared {
     added: Vec<(ListenKey, Listener)>,
-    /// `Some`: the metrics address changes (`Some(None)`: metrics go away).
-    metrics: Option<Option<(TcpListener, SocketAddr)>>,
+    metrics: MetricsChange,
+}
+
+/// What a reload does to the metrics endpoint.
+enum MetricsChange {
+    /// Same address (or still none).
+    Keep,
+    /// Serve on this new socket, stopping the old one.
+    Serve(MetricsSocket),
+    /// `[metrics]` is gone.
+    Stop,
+}
+
+/// The metrics endpoint's socket, bound.
+#[derive(Debug)]
+struct MetricsSocket {
+    socket: TcpListener,
+    /// The address routes.toml gives it.
+    configured: SocketAddr,
+    /// The address it is bound to.
+    bound: SocketAddr,
+}
+
+impl MetricsSocket {
+    /// Binds `[metrics]` and installs the recorder, before any handle that should record is
+    /// made.
+    async fn bind(path: &Path, listen: &Listen) -> Result<Self, ConfigError> {
+        let (socket, bound) = bind(path, listen, "metrics.address").await?;
+        series::install();
+        Ok(Self {
+            socket,
+            configured: listen.address,
+            bound,
+        })
+    }
 }
 
 /// A listener that is accepting.
@@ -394,18 +423,19 @@ impl Running<'_> {
     }
 
     /// Stops the metrics endpoint if it runs, and serves it on `socket` if there is one.
-    fn serve_metrics(
-        &mut self,
-        listen: Option<&Listen>,
-        socket: Option<(TcpListener, SocketAddr)>,
-    ) {
+    fn serve_metrics(&mut self, socket: Option<MetricsSocket>) {
         if let Some(running) = self.metrics.take() {
             running.stop.cancel();
         }
-        let (Some(listen), Some((socket, address))) = (listen, socket) else {
+        let Some(MetricsSocket {
+            socket,
+            configured,
+            bound,
+        }) = socket
+        else {
             return;
         };
-        tracing::info!(%address, "serving metrics");
+        tracing::info!(address = %bound, "serving metrics");
         let stop = CancellationToken::new();
         self.admin.spawn(crate::admin::serve(
             socket,
@@ -415,8 +445,8 @@ impl Running<'_> {
             stop.clone(),
         ));
         self.metrics = Some(RunningMetrics {
-            configured: listen.address,
-            bound: address,
+            configured,
+            bound,
             stop,
         });
     }

@@ -606,11 +606,18 @@ mod tests {
             let block = vec![7u8; 1 << 20];
             while client.write_all(&block).await.is_ok() {}
         });
-        // Drive the copy by hand, one poll at a time, until a pipe is held.
-        while in_use() == before.0 {
-            let _ = std::future::poll_fn(|context| Poll::Ready(copy.as_mut().poll(context))).await;
-            tokio::task::yield_now().await;
-        }
+        // Drive the copy by hand, one poll at a time, until a pipe is held (a hang guard bounds
+        // it; it says nothing about speed).
+        let held = async {
+            while in_use() == before.0 {
+                let _ =
+                    std::future::poll_fn(|context| Poll::Ready(copy.as_mut().poll(context))).await;
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), held)
+            .await
+            .expect("hung: the copy never took a pipe");
         drop(copy);
         assert_eq!(
             in_use(),
