@@ -120,6 +120,13 @@ struct Args {
     /// micro-benchmark tables: for iterating on one figure.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Another sniroute build measured beside this one, log on, as the column
+    /// `sniroute-baseline`: a before/after in one run.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// Leave out these columns (for example `haproxy,nginx,sniroute-log-off`) to iterate faster.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
     /// `cargo bench` passes `--bench` to every benchmark binary; nothing to do with it.
     #[arg(long, global = true, hide = true)]
     bench: bool,
@@ -146,6 +153,8 @@ fn main() -> anyhow::Result<()> {
     let only = args.only.clone();
     let bench = Bench {
         only: args.only,
+        baseline: args.baseline,
+        skip: args.skip,
         names: Arc::from([]),
         window: Duration::try_from_secs_f64(seconds).context("--seconds")?,
         rate: args.rate.max(1),
@@ -181,6 +190,10 @@ struct Bench {
     names: Arc<[Name]>,
     /// `--only`: the figures to run (all when empty).
     only: Vec<String>,
+    /// `--baseline`: another sniroute binary.
+    baseline: Option<PathBuf>,
+    /// `--skip`: columns left out.
+    skip: Vec<String>,
     window: Duration,
     rate: u32,
     idle: usize,
@@ -219,11 +232,21 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
     let mut notes = Vec::new();
     for kind in [
         Kind::Sniroute,
+        Kind::SnirouteBaseline,
         Kind::SnirouteLogOff,
         Kind::Haproxy,
         Kind::Nginx,
     ] {
-        if matches!(kind, Kind::Sniroute | Kind::SnirouteLogOff) || installed(kind.label()) {
+        if bench.skip.iter().any(|skip| skip == kind.label())
+            || (kind == Kind::SnirouteBaseline && bench.baseline.is_none())
+        {
+            continue;
+        }
+        if matches!(
+            kind,
+            Kind::Sniroute | Kind::SnirouteBaseline | Kind::SnirouteLogOff
+        ) || installed(kind.label())
+        {
             targets.push(Target::start(&bench, kind).await);
         } else {
             notes.push(format!("{}: not installed, skipped", kind.label()));
@@ -485,6 +508,8 @@ enum Kind {
     Sniroute,
     /// sniroute with its access log off (`SNIROUTE_LOG=warn`): the log's cost is the difference.
     SnirouteLogOff,
+    /// Another sniroute build (`--baseline`), log on.
+    SnirouteBaseline,
     Haproxy,
     Nginx,
 }
@@ -495,6 +520,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Sniroute => "sniroute",
             Kind::SnirouteLogOff => "sniroute-log-off",
+            Kind::SnirouteBaseline => "sniroute-baseline",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
@@ -631,7 +657,7 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let routes = bench.names.iter().map(|name| (&name.host, name.backend));
     let (command, tree) = match kind {
-        Kind::Sniroute | Kind::SnirouteLogOff => {
+        Kind::Sniroute | Kind::SnirouteLogOff | Kind::SnirouteBaseline => {
             let mut text = sniroute_header(listen);
             for (host, backend) in routes {
                 write!(
@@ -639,7 +665,11 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
                     "\n[[route]]\nsni = \"{host}\"\nbackend = \"{backend}\"\n"
                 )?;
             }
-            let mut command = sniroute_command(&dir, &text)?;
+            let binary = match (kind, &bench.baseline) {
+                (Kind::SnirouteBaseline, Some(baseline)) => baseline.clone(),
+                _ => sniroute_binary()?,
+            };
+            let mut command = sniroute_command(&binary, &dir, &text)?;
             if kind == Kind::SnirouteLogOff {
                 command.env("SNIROUTE_LOG", "warn");
             }
@@ -719,10 +749,10 @@ fn sniroute_header(listen: SocketAddr) -> String {
     )
 }
 
-/// `sniroute --workers 2 --config DIR/routes.toml`, with `text` written there.
-fn sniroute_command(dir: &Path, text: &str) -> anyhow::Result<Command> {
+/// `BINARY --workers 2 --config DIR/routes.toml`, with `text` written there.
+fn sniroute_command(binary: &Path, dir: &Path, text: &str) -> anyhow::Result<Command> {
     fs::write(dir.join("routes.toml"), text)?;
-    let mut command = Command::new(sniroute_binary()?);
+    let mut command = Command::new(binary);
     command
         .args(["--workers", "2", "--config"])
         .arg(dir.join("routes.toml"));
@@ -1065,7 +1095,7 @@ async fn tls_routes(bench: &Bench, runs: usize) -> anyhow::Result<Table> {
          terminate = {{ cert = \"term.pem\", key = \"term.key\", alpn = [\"http/1.1\"] }}\n",
         sniroute_header(listen)
     );
-    let command = sniroute_command(&dir, &text)?;
+    let command = sniroute_command(&sniroute_binary()?, &dir, &text)?;
     let proxy = Some(launch(command, &dir, false, listen).await?);
     let target = Target {
         listen: Some(listen),

@@ -35,7 +35,8 @@ pub struct Args {
         default_value = "routes.toml"
     )]
     config: PathBuf,
-    /// Runtime worker threads, 1 to 1024 [default: the number of cores].
+    /// Worker threads, each accepting and serving its own connections, 1 to 1024 [default: the
+    /// number of cores].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     /// Access log and events on stderr, as text or one JSON object per line.
@@ -93,14 +94,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             let config = config::load(&args.config)?;
             let _flush_logs_at_exit = init_logging(args.log_format)?;
-            runtime(args.workers)?.block_on(serve(&args.config, &config))?;
+            runtime()?.block_on(serve(&args.config, &config, args.workers))?;
         }
         Some(Command::Check) => check(&args.config)?,
         Some(Command::Explain { sni, alpn }) => explain(&args.config, sni.as_deref(), &alpn)?,
         Some(Command::Peek { file }) => peek(file.as_deref())?,
         Some(Command::Demo) => {
             let _flush_logs_at_exit = init_logging(args.log_format)?;
-            runtime(args.workers)?.block_on(demo())?;
+            runtime()?.block_on(demo(args.workers))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -113,7 +114,7 @@ fn init_logging(format: LogFormat) -> anyhow::Result<crate::log::FlushOnDrop> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = crate::log::start().context("start the log writer")?;
     let builder = tracing_subscriber::fmt()
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .with_env_filter(filter);
     match format {
         LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -123,6 +124,10 @@ fn init_logging(format: LogFormat) -> anyhow::Result<crate::log::FlushOnDrop> {
             .with_current_span(false)
             .with_span_list(false)
             .init(),
+    }
+    // The access log writes its own lines, in the same format, where the filter lets it.
+    if tracing::enabled!(target: "sniroute::access", tracing::Level::INFO) {
+        crate::log::write_access_lines(&writer, format == LogFormat::Json);
     }
     Ok(guard)
 }
@@ -161,20 +166,24 @@ fn raise_descriptor_limit(max_connections: usize) {
 #[cfg(not(target_os = "linux"))]
 fn raise_descriptor_limit(_max_connections: usize) {}
 
-fn runtime(workers: Option<u16>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(usize::from(workers));
-    }
-    builder
+/// The runtime of the server's own work (signals, reloads, metrics, the demo's backends): one
+/// thread. Connections run on the server's worker threads ([`crate::workers`]).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")
 }
 
+/// Binds `config`'s listeners for `--workers` (by default one per core).
+async fn bind(path: &Path, config: &Config, workers: Option<u16>) -> anyhow::Result<Server> {
+    let workers = workers.map_or_else(crate::workers::default_count, usize::from);
+    Ok(Server::bind_for(path, config, workers).await?)
+}
+
 /// Binds, installs the signal handlers, then serves until SIGTERM or SIGINT.
-async fn serve(path: &Path, config: &Config) -> anyhow::Result<()> {
-    let server = Server::bind(path, config).await?;
+async fn serve(path: &Path, config: &Config, workers: Option<u16>) -> anyhow::Result<()> {
+    let server = bind(path, config, workers).await?;
     raise_descriptor_limit(config.limits.max_connections);
     run_with_signals(server).await
 }
@@ -212,11 +221,14 @@ async fn run_with_signals(server: Server) -> anyhow::Result<()> {
     let tasks = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let signals = forward_signals(&tasks, stop.clone())?;
-    server.run(signals).await;
+    let ran = server
+        .run(signals)
+        .await
+        .context("cannot start the workers");
     stop.cancel();
     tasks.close();
     tasks.wait().await;
-    Ok(())
+    ran
 }
 
 /// Routes in the order they are tried: exact names, wildcards by longest suffix, `[default]`.
@@ -531,7 +543,7 @@ fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Where the demo's proxy listens, as the README and the example routes.toml say.
 const DEMO_PORT: u16 = 8443;
 
-async fn demo() -> anyhow::Result<()> {
+async fn demo(workers: Option<u16>) -> anyhow::Result<()> {
     // The example config, written where the demo can watch it: SIGHUP, or an edit of this file,
     // reloads it as it would a real one.
     let config_path = std::env::temp_dir().join("sniroute-demo-routes.toml");
@@ -566,7 +578,7 @@ async fn demo() -> anyhow::Result<()> {
     let ca_path = std::env::temp_dir().join("sniroute-demo-ca.pem");
     write_new(&ca_path, &pki.ca_pem())?;
 
-    let server = Server::bind(path, &config).await?;
+    let server = bind(path, &config, workers).await?;
     let proxy = server.local_addrs()[0];
     let ca = ca_path.display();
     let mut out = String::new();

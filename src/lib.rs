@@ -23,7 +23,9 @@
 //!                                                                              proxy_protocol, terminate
 //! admin           the metrics address: GET /metrics                          → metrics, proxy
 //! watch           the config file and its symlink chain                      → –
-//! server          bind, live table, reload, loops refused, drain             → proxy, config, admin, watch
+//! server          bind, live table, reload, loops refused, drain             → proxy, config, admin, watch,
+//!                                                                              workers
+//! workers         thread-per-core: one current-thread runtime per worker     → –
 //! fuzzing         (feature `testing`) the fuzz oracles                       → hello, config, route
 //! ```
 //!
@@ -58,3 +60,4 @@ pub mod route;
 pub mod server;
 pub mod terminate;
 pub mod watch;
+pub mod workers;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +23,7 @@ use crate::config::{self, Config, ConfigError, Listen, ListenKey};
 use crate::metrics as series;
 use crate::proxy::{Listener, ListenerContext, Live, Shared};
 use crate::watch::ConfigWatch;
+use crate::workers::{self, Workers};
 
 /// How long a burst of file events (an editor writes, renames, touches) settles before one
 /// reload.
@@ -59,8 +60,10 @@ pub struct Server {
     /// `GET /metrics`, where the config asks for it.
     metrics: Option<MetricsSocket>,
     live: Arc<ArcSwap<Live>>,
-    permits: Arc<Semaphore>,
-    max_connections: usize,
+    /// What connections share: the connection cap, shutdown stages, pending hellos.
+    shared: Arc<Shared>,
+    /// Worker threads to run (`--workers`).
+    workers: usize,
     report: watch::Sender<ReloadReport>,
     /// Changes to the config file, watched from `bind` on so that none is missed.
     file_changes: mpsc::Receiver<()>,
@@ -68,18 +71,32 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener of `config` (read from `path`).
+    /// Binds every listener of `config` (read from `path`) for one worker per core.
     ///
     /// # Errors
     /// A listener that can't be bound, as a [`ConfigError`] naming its line in `path`.
     pub async fn bind(path: &Path, config: &Config) -> Result<Self, ConfigError> {
+        Self::bind_for(path, config, workers::default_count()).await
+    }
+
+    /// Binds every listener of `config` (read from `path`) for `workers` worker threads (at
+    /// least one).
+    ///
+    /// # Errors
+    /// A listener that can't be bound, as a [`ConfigError`] naming its line in `path`.
+    pub async fn bind_for(
+        path: &Path,
+        config: &Config,
+        workers: usize,
+    ) -> Result<Self, ConfigError> {
+        let workers = workers.max(1);
         refuse_loops(path, config)?;
         // The recorder goes in before any handle is made, or those handles would record nothing.
         let metrics = match &config.metrics {
             Some(listen) => Some(MetricsSocket::bind(path, listen).await?),
             None => None,
         };
-        let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new()).await?;
+        let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new(), workers).await?;
         let report = ReloadReport {
             listeners: listeners
                 .iter()
@@ -96,8 +113,8 @@ impl Server {
             listeners,
             metrics,
             live: Arc::new(ArcSwap::from_pointee(Live::new(config))),
-            permits: Arc::new(Semaphore::new(config.limits.max_connections)),
-            max_connections: config.limits.max_connections,
+            shared: Arc::new(Shared::new(config.limits.max_connections)),
+            workers,
             report: watch::channel(report).0,
         })
     }
@@ -124,12 +141,17 @@ impl Server {
     /// [`Signal::Reload`] and on changes to the config file, then drains: listeners close,
     /// connections still reading their hello close, spliced connections get `timeouts.drain` to
     /// finish, the rest are closed. Returns when every connection is gone.
-    pub async fn run(mut self, mut signals: mpsc::Receiver<Signal>) {
-        let shared = Arc::new(Shared::default());
+    ///
+    /// # Errors
+    /// The worker threads can't be started.
+    pub async fn run(mut self, mut signals: mpsc::Receiver<Signal>) -> std::io::Result<()> {
+        let workers = Workers::start(self.workers)?;
+        let shared = self.shared.clone();
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         let admin = TaskTracker::new();
         let mut running = Running {
+            workers: &workers,
             shared: &shared,
             connections: &connections,
             accept_loops: &accept_loops,
@@ -186,14 +208,16 @@ impl Server {
         tokio::select! {
             () = connections.wait() => {}
             _ = tokio::time::timeout(drain, second_signal) => {
-                shared.shutdown.splices.cancel();
-                connections.wait().await;
+                // The rest are closed with their workers' runtimes, which drop their tasks.
+                workers.stop().await;
             }
         }
         running.serve_metrics(None);
         admin.close();
         admin.wait().await;
+        workers.stop().await;
         tracing::info!("stopped");
+        Ok(())
     }
 
     /// Loads the config file again and applies it whole, or refuses it with one WARN line and
@@ -270,7 +294,7 @@ impl Server {
             (None, Some(_)) => MetricsChange::Stop,
             (None, None) => MetricsChange::Keep,
         };
-        let added = bind_listeners(&self.path, config, &running.listeners).await?;
+        let added = bind_listeners(&self.path, config, &running.listeners, self.workers).await?;
         Ok(Prepared { added, metrics })
     }
 
@@ -315,20 +339,7 @@ impl Server {
                 running.serve_metrics(Some(socket));
             }
         }
-        let max = config.limits.max_connections;
-        if max > self.max_connections {
-            self.permits.add_permits(max - self.max_connections);
-        } else if max < self.max_connections {
-            // Slots in use are not taken back: the cap shrinks as connections end.
-            let permits = self.permits.clone();
-            let fewer = (self.max_connections - max) as u32;
-            running.connections.spawn(async move {
-                if let Ok(taken) = permits.acquire_many_owned(fewer).await {
-                    taken.forget();
-                }
-            });
-        }
-        self.max_connections = max;
+        self.shared.slots.set_max(config.limits.max_connections);
     }
 }
 
@@ -362,7 +373,14 @@ impl MetricsSocket {
     /// Binds `[metrics]` and installs the recorder, before any handle that should record is
     /// made.
     async fn bind(path: &Path, listen: &Listen) -> Result<Self, ConfigError> {
-        let (socket, bound) = bind(path, listen, "metrics.address").await?;
+        let bound = socket_for(listen.address).and_then(|socket| {
+            socket.bind(listen.address)?;
+            let socket = socket.listen(BACKLOG)?;
+            let address = socket.local_addr()?;
+            Ok((socket, address))
+        });
+        let (socket, bound) =
+            bound.map_err(|error| bind_error(path, listen, "metrics.address", &error))?;
         series::install();
         Ok(Self {
             socket,
@@ -391,6 +409,7 @@ struct RunningMetrics {
 
 /// The parts of a running server that reloads change.
 struct Running<'a> {
+    workers: &'a Workers,
     shared: &'a Arc<Shared>,
     connections: &'a TaskTracker,
     accept_loops: &'a TaskTracker,
@@ -413,13 +432,19 @@ impl Running<'_> {
                 stop: stop.clone(),
             },
         );
-        self.accept_loops.spawn(listener.run(
-            server.live.clone(),
-            server.permits.clone(),
-            self.shared.clone(),
-            self.connections.clone(),
-            stop,
-        ));
+        for (socket, worker) in listener.sockets.into_iter().zip(self.workers.handles()) {
+            self.accept_loops.spawn_on(
+                crate::proxy::accept(
+                    socket,
+                    listener.context.clone(),
+                    server.live.clone(),
+                    self.shared.clone(),
+                    self.connections.clone(),
+                    stop.clone(),
+                ),
+                worker,
+            );
+        }
     }
 
     /// Stops the metrics endpoint if it runs, and serves it on `socket` if there is one.
@@ -458,18 +483,19 @@ async fn bind_listeners<T>(
     path: &Path,
     config: &Config,
     bound: &HashMap<ListenKey, T>,
+    workers: usize,
 ) -> Result<Vec<(ListenKey, Listener)>, ConfigError> {
     let mut listeners = Vec::new();
     for (index, listen) in config.listeners.iter().enumerate() {
         if bound.contains_key(&listen.key()) {
             continue;
         }
-        let (socket, address) = bind(path, listen, &format!("listen[{index}].address")).await?;
+        let (sockets, address) = bind(path, listen, workers, &format!("listen[{index}].address"))?;
         let context = Arc::new(ListenerContext::new(address, listen.proxy_trusted.clone()));
         listeners.push((
             listen.key(),
             Listener {
-                socket,
+                sockets,
                 address,
                 reuse_port: listen.reuse_port,
                 context,
@@ -547,41 +573,72 @@ fn is_local(ip: std::net::IpAddr) -> bool {
         || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-/// Binds `listen` (which routes.toml names as `key`), or says which line couldn't be bound.
-async fn bind(
+/// Binds `listen` (which routes.toml names as `key`) with one socket per worker, or says which
+/// line couldn't be bound.
+fn bind(
     path: &Path,
     listen: &Listen,
+    workers: usize,
     key: &str,
-) -> Result<(TcpListener, SocketAddr), ConfigError> {
-    let bound = listener_socket(listen).and_then(|socket| {
-        let address = socket.local_addr()?;
-        Ok((socket, address))
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ConfigError> {
+    let bound = worker_sockets(listen, workers).and_then(|sockets| {
+        let address = sockets[0].local_addr()?;
+        Ok((sockets, address))
     });
-    bound.map_err(|error| ConfigError {
+    bound.map_err(|error| bind_error(path, listen, key, &error))
+}
+
+/// The error of a `listen` (which routes.toml names as `key`) that can't be bound.
+fn bind_error(path: &Path, listen: &Listen, key: &str, error: &std::io::Error) -> ConfigError {
+    ConfigError {
         file: path.to_owned(),
         position: Some(listen.position),
         key: key.to_owned(),
         message: format!("cannot bind {}: {error}", listen.address),
-    })
+    }
 }
 
-/// Connections the kernel queues for `accept` on each listener.
+/// Connections the kernel queues for `accept` on each listening socket.
 const BACKLOG: u32 = 4096;
 
-/// A listening socket for `listen`: `SO_REUSEADDR` always (a restart can bind while old
-/// connections linger in TIME_WAIT), `SO_REUSEPORT` where asked.
-fn listener_socket(listen: &Listen) -> std::io::Result<TcpListener> {
-    let socket = if listen.address.is_ipv4() {
+/// One listening socket per worker for `listen`, in one `SO_REUSEPORT` group: the kernel spreads
+/// new connections over them, and each worker waits only on its own, so no connection wakes
+/// every worker (1.6 failed accepts per connection with one shared socket, sequential clients).
+///
+/// Without `reuse_port` the address must be free: a probe socket without `SO_REUSEPORT` binds it
+/// first, which fails if anything listens there, this proxy's own group included. (A process
+/// that asks for `SO_REUSEPORT` itself, a sniroute with `reuse_port = true` say, could still
+/// join: the kernel leaves that to the user that owns both.) `SO_REUSEADDR` always: a restart
+/// can bind while old connections linger in TIME_WAIT.
+fn worker_sockets(listen: &Listen, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut address = listen.address;
+    if !listen.reuse_port {
+        let probe = socket_for(address)?;
+        probe.bind(address)?;
+        address = probe.local_addr()?;
+    }
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = socket_for(address)?;
+        socket.set_reuseport(true)?;
+        socket.bind(address)?;
+        let socket = socket.listen(BACKLOG)?.into_std()?;
+        // The first's port for the others, where the config said `:0`.
+        address = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// A TCP socket of `address`'s family with `SO_REUSEADDR`.
+fn socket_for(address: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    if listen.reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    socket.bind(listen.address)?;
-    socket.listen(BACKLOG)
+    Ok(socket)
 }
 
 /// Tells systemd the proxy is ready (`READY=1` to `$NOTIFY_SOCKET`), if it asked.

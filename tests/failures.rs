@@ -228,7 +228,7 @@ async fn malformed_hellos_sent_byte_by_byte_get_the_same_answer() {
 #[tokio::test]
 async fn connections_over_the_limit_are_closed_at_once_and_others_resume() {
     let backend = tls_backend("served", &["served.test"]).await;
-    let proxy = Proxy::start(&format!("[limits]\nmax_connections = 1\n[[route]]\nsni = \"served.test\"\nbackend = \"{backend}\"\n")).await;
+    let proxy = Proxy::start_one_worker(&format!("[limits]\nmax_connections = 1\n[[route]]\nsni = \"served.test\"\nbackend = \"{backend}\"\n")).await;
     let mut holder = TcpStream::connect(proxy.address).await.unwrap();
     holder.write_all(&[22]).await.unwrap();
     // The holder has the one slot: the next connection is closed without a byte.
@@ -260,7 +260,7 @@ async fn connect_from(source: &str, proxy: std::net::SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn one_address_with_too_many_pending_hellos_is_refused_while_others_are_served() {
     let mut backend = Recording::start("served").await;
-    let proxy = Proxy::start(&format!(
+    let proxy = Proxy::start_one_worker(&format!(
         "[limits]\nmax_pending_per_ip = 2\n[[route]]\nsni = \"served.test\"\nbackend = \"{}\"\n",
         backend.address
     ))

@@ -111,7 +111,7 @@ async fn listeners_with_reuse_port_share_an_address_and_others_are_refused() {
         .send(sniroute::server::Signal::Shutdown)
         .await
         .unwrap();
-    guard(first).await.unwrap();
+    guard(first).await.unwrap().unwrap();
     for _ in 0..4 {
         drop(spliced(address.parse().unwrap()).await);
     }

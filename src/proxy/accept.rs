@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::access_log::{AccessLog, Cause};
-use super::context::{ListenerContext, Shared};
+use super::context::{ConnectionSlots, ListenerContext, Shared};
 use super::{connection, Live, Outcome, Side};
 
 /// Longest pause after failed accepts before trying again.
@@ -24,8 +23,9 @@ pub(crate) const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// A bound listening socket and what its connections share.
 #[derive(Debug)]
 pub struct Listener {
-    /// The socket.
-    pub socket: TcpListener,
+    /// One handle on the socket per worker (duplicated descriptors), each accepted on by its own
+    /// worker thread.
+    pub sockets: Vec<std::net::TcpListener>,
     /// Its local address.
     pub address: SocketAddr,
     /// Whether it was bound with `SO_REUSEPORT` (a reload can't change that).
@@ -61,57 +61,61 @@ impl AcceptErrors {
     }
 }
 
-impl Listener {
-    /// Accepts until `stop` fires, spawning each connection on `tracker` with the routes live at
-    /// its accept; past `permits`, connections are closed at once.
-    pub async fn run(
-        self,
-        live: Arc<ArcSwap<Live>>,
-        permits: Arc<Semaphore>,
-        shared: Arc<Shared>,
-        tracker: TaskTracker,
-        stop: CancellationToken,
-    ) {
-        let mut errors = AcceptErrors::default();
-        loop {
-            let accepted = tokio::select! {
-                accepted = self.socket.accept() => accepted,
-                () = stop.cancelled() => return,
-            };
-            let (stream, client_addr) = match accepted {
-                Ok(accepted) => {
-                    errors.ok();
-                    accepted
-                }
-                Err(error) => {
-                    self.context.metrics.load().accept_errors.increment(1);
-                    let pause = errors.failed(Some(self.address), &error);
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => continue,
-                        () = stop.cancelled() => return,
-                    }
-                }
-            };
-            self.context.metrics.load().accepted.increment(1);
-            let live = live.load_full();
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.context
-                    .metrics
-                    .load()
-                    .over_max_connections
-                    .increment(1);
-                let mut log = AccessLog::new(client_addr, live.table.unmatched());
-                log.end(Outcome::OverLimit, Side::Internal, Cause::None);
-                continue;
-            };
-            tracker.spawn(connection::serve(
-                stream,
-                client_addr,
-                live,
-                self.context.clone(),
-                shared.clone(),
-                permit,
-            ));
+/// One worker's accept loop on its handle of a listening socket, until `stop` fires: each
+/// connection is spawned, as a task tracked by `tracker`, on the worker's own runtime (it never
+/// leaves that thread), with the routes live at its accept; past the connection cap it is closed
+/// at once.
+pub async fn accept(
+    socket: std::net::TcpListener,
+    listener: Arc<ListenerContext>,
+    live: Arc<ArcSwap<Live>>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let address = socket.local_addr().ok();
+    let socket = match TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(error) => {
+            // Only if the worker's poller can't take one more descriptor.
+            let listener = address.map_or_else(|| "-".to_owned(), |address| address.to_string());
+            tracing::error!(%listener, %error, "a worker cannot accept on this listener");
+            return;
         }
+    };
+    let mut errors = AcceptErrors::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        let (stream, client_addr) = match accepted {
+            Ok(accepted) => {
+                errors.ok();
+                accepted
+            }
+            Err(error) => {
+                listener.metrics.load().accept_errors.increment(1);
+                let pause = errors.failed(address, &error);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        listener.metrics.load().accepted.increment(1);
+        let live = live.load_full();
+        let Some(slot) = ConnectionSlots::take(&shared) else {
+            listener.metrics.load().over_max_connections.increment(1);
+            AccessLog::new(client_addr, &live).end(Outcome::OverLimit, Side::Internal, Cause::None);
+            continue;
+        };
+        tracker.spawn(connection::serve(
+            Box::new((stream, client_addr)),
+            live,
+            listener.clone(),
+            shared.clone(),
+            slot,
+        ));
     }
 }

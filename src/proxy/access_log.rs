@@ -1,19 +1,22 @@
-//! The access log: one line per connection, written when the connection's record drops, so
-//! every exit path (a cancelled task included) logs exactly once. Target `sniroute::access`,
-//! INFO. The same drop records the connection's end in the route's series.
+//! The access log: one line per connection, written by [`AccessLog::end`] or, for a task
+//! dropped at the end of a drain, when its record drops, so every exit path logs exactly once.
+//! Target `sniroute::access`, INFO, formatted by hand ([`crate::log::Fields`]) rather than
+//! through tracing. Writing the line also records the connection's end in the route's series.
 //!
 //! The record is filled by the connection's driver from what each phase returns; the phases
 //! themselves never see it.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use tokio::time::Instant;
 
 use super::connect::ConnectError;
+use super::relay::Counts;
 use super::sniff::SniffError;
 use super::tls::TlsError;
-use super::{Outcome, Side};
+use super::{Live, Outcome, Side};
 use crate::config::{Route, NO_ROUTE_NAME};
 use crate::hello::{Alpn, ClientHello, Ech, Ja4, Transport};
 use crate::metrics::RouteMetrics;
@@ -60,15 +63,20 @@ pub(super) struct AccessLog<'a> {
     /// The series the connection's end is counted in: its route's, or `route="none"`.
     pub(super) metrics: &'a RouteMetrics,
     pub(super) backend: Option<SocketAddr>,
-    pub(super) to_backend: u64,
-    pub(super) to_client: u64,
-    /// How it ended; a record dropped before anyone says is a task cancelled by shutdown.
-    outcome: (Outcome, Side),
-    cause: Cause,
+    /// Bytes written each way, counted by the relay as they move.
+    pub(super) bytes: Counts,
+    /// `sniroute_connections_active`, counted up while the record lives.
+    active: &'a metrics::Gauge,
+    /// Whether [`AccessLog::end`] has written the line; a record dropped before that is a task
+    /// dropped at the end of a drain.
+    ended: bool,
 }
 
 impl<'a> AccessLog<'a> {
-    pub(super) fn new(client: SocketAddr, unmatched: &'a RouteMetrics) -> Self {
+    /// The record of a connection from `client`, accepted with `live`'s routes; it counts as
+    /// active until dropped.
+    pub(super) fn new(client: SocketAddr, live: &'a Live) -> Self {
+        live.metrics.active.increment(1.0);
         Self {
             start: Instant::now(),
             client,
@@ -78,12 +86,11 @@ impl<'a> AccessLog<'a> {
             ja4: None,
             negotiated: None,
             route: None,
-            metrics: unmatched,
+            metrics: live.table.unmatched(),
             backend: None,
-            to_backend: 0,
-            to_client: 0,
-            outcome: (Outcome::Drained, Side::Internal),
-            cause: Cause::None,
+            bytes: Counts::default(),
+            active: &live.metrics.active,
+            ended: false,
         }
     }
 
@@ -94,7 +101,10 @@ impl<'a> AccessLog<'a> {
 
     /// Keeps what the log line needs of `hello`.
     pub(super) fn hello(&mut self, hello: &mut ClientHello) {
-        self.ja4 = Some(hello.ja4(Transport::Tcp));
+        // Two SHA-256s: only for a line that will be written.
+        if crate::log::access_lines().is_some() {
+            self.ja4 = Some(hello.ja4(Transport::Tcp));
+        }
         self.ech = hello.ech;
         self.server_name = hello.server_name.take();
         self.alpn = std::mem::take(&mut hello.alpn);
@@ -105,59 +115,70 @@ impl<'a> AccessLog<'a> {
         (self.server_name.as_ref(), &self.alpn)
     }
 
-    /// How the connection ended.
-    pub(super) fn end(&mut self, outcome: Outcome, side: Side, cause: Cause) {
-        self.outcome = (outcome, side);
-        self.cause = cause;
+    /// How the connection ended: writes the line and counts the end (the outcome and cause are
+    /// not kept in the live connection, only passed here).
+    pub(super) fn end(mut self, outcome: Outcome, side: Side, cause: Cause) {
+        self.write(outcome, side, cause);
+        self.ended = true;
+    }
+
+    fn write(&self, outcome: Outcome, side: Side, cause: Cause) {
+        let elapsed = self.start.elapsed();
+        let (to_backend, to_client) = (
+            self.bytes.to_backend.load(Ordering::Relaxed),
+            self.bytes.to_client.load(Ordering::Relaxed),
+        );
+        self.active.decrement(1.0);
+        let handles = self.metrics.handles();
+        handles.closed(outcome).increment(1);
+        handles.to_backend.increment(to_backend);
+        handles.to_client.increment(to_client);
+        handles.duration.record(elapsed.as_secs_f64());
+        let Some(lines) = crate::log::access_lines() else {
+            return;
+        };
+        let mut line = lines.line("sniroute::access", "connection closed");
+        line.str(
+            "sni",
+            self.server_name.as_ref().map_or("-", ServerName::as_str),
+        )
+        .display("client.addr", self.client);
+        match self.alpn.is_empty() {
+            true => line.str("alpn", "-"),
+            false => line.quoted("alpn", &self.alpn),
+        };
+        match self.negotiated {
+            Some(negotiated) => {
+                line.display("alpn.negotiated", String::from_utf8_lossy(negotiated))
+            }
+            None => line.display("alpn.negotiated", "-"),
+        };
+        line.str("ech", self.ech.as_str()).str(
+            "route",
+            self.route.map_or(NO_ROUTE_NAME, |route| &route.name),
+        );
+        match self.backend {
+            Some(backend) => line.quoted("backend.addr", backend),
+            None => line.str("backend.addr", "-"),
+        };
+        line.u64("bytes.to_backend", to_backend)
+            .u64("bytes.to_client", to_client)
+            .u64("duration_ms", elapsed.as_millis() as u64)
+            .str("outcome", outcome.as_str())
+            .display("side", side);
+        match cause {
+            Cause::None => line.str("cause", "-"),
+            cause => line.quoted("cause", cause),
+        };
+        line.str("ja4", self.ja4.as_ref().map_or("-", Ja4::as_str));
+        lines.send(line);
     }
 }
 
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
-        let (outcome, side) = self.outcome;
-        let elapsed = self.start.elapsed();
-        let handles = self.metrics.handles();
-        handles.closed(outcome).increment(1);
-        handles.to_backend.increment(self.to_backend);
-        handles.to_client.increment(self.to_client);
-        handles.duration.record(elapsed.as_secs_f64());
-        let sni = self.server_name.as_ref().map_or("-", ServerName::as_str);
-        let alpn = if self.alpn.is_empty() {
-            "-".to_owned()
-        } else {
-            self.alpn.to_string()
-        };
-        let negotiated = self
-            .negotiated
-            .map_or(std::borrow::Cow::Borrowed("-"), String::from_utf8_lossy);
-        let route = self.route.map_or(NO_ROUTE_NAME, |route| &route.name);
-        let backend = self
-            .backend
-            .map_or_else(|| "-".to_owned(), |addr| addr.to_string());
-        let ja4 = self.ja4.as_ref().map_or("-", Ja4::as_str);
-        // A string, so the human format quotes it (a cause has spaces); formatted only on
-        // failures.
-        let cause = match self.cause {
-            Cause::None => std::borrow::Cow::Borrowed("-"),
-            cause => std::borrow::Cow::Owned(cause.to_string()),
-        };
-        tracing::info!(
-            target: "sniroute::access",
-            sni = sni,
-            client.addr = %self.client,
-            alpn = alpn,
-            alpn.negotiated = %negotiated,
-            ech = self.ech.as_str(),
-            route = route,
-            backend.addr = backend,
-            bytes.to_backend = self.to_backend,
-            bytes.to_client = self.to_client,
-            duration_ms = elapsed.as_millis() as u64,
-            outcome = outcome.as_str(),
-            side = %side,
-            cause = &*cause,
-            ja4 = ja4,
-            "connection closed"
-        );
+        if !self.ended {
+            self.write(Outcome::Drained, Side::Internal, Cause::None);
+        }
     }
 }

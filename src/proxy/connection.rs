@@ -11,18 +11,19 @@
 //! `timeouts.connect`, the relay by `timeouts.idle`, all of it by shutdown. No failure touches
 //! another connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tls_parser::TlsAlertDescription;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Cause};
 use super::connect::{self, ConnectError, Connected};
-use super::context::{ListenerContext, ReplayedHello, Shared};
+use super::context::{ConnectionSlot, ListenerContext, ReplayedHello, Shared};
 use super::relay::{self, Activity, Counted};
 use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
@@ -80,37 +81,42 @@ impl From<TlsError> for Ending {
 }
 
 /// Serves one accepted connection to its end, then writes its access-log line and metrics. The
-/// line, the metrics and the connection's slot (`permit`) are all done with before the client
+/// line, the metrics and the connection's slot are all done with before the client
 /// socket is closed. (A failure's alert is followed by a shutdown of the write side, which a
 /// client sees as EOF slightly before that.)
-pub(super) async fn serve(
-    socket: TcpStream,
-    peer: SocketAddr,
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps a copy of each argument
+/// beside the locals it moves them into, for the task's whole life. For the same reason the
+/// accepted socket and address come boxed: whatever a task captures keeps its room for the
+/// task's life, and these two are handed on at once (64 bytes of every idle connection, for
+/// one short-lived allocation).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(super) fn serve(
+    accepted: Box<(TcpStream, SocketAddr)>,
     live: Arc<Live>,
     listener: Arc<ListenerContext>,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
-) {
-    live.metrics.active.increment(1.0);
-    let mut log = AccessLog::new(peer, live.table.unmatched());
-    let mut client = ClientStream::new(socket, peer, &live, &shared);
-    let _ = client.socket.set_nodelay(true);
-    // Boxed: the setup's state (hello reads, connect, a whole terminated session) is freed when
-    // it ends, so an established passthrough connection's task holds only the relay's.
-    let next = Box::pin(setup(&mut client, &live, &listener, &shared, &mut log)).await;
-    let ending = match next {
-        Next::Done(ending) => ending,
-        Next::Relay { backend, noted } => {
-            let ending = passthrough(&mut client.socket, backend, &live, &shared, &mut log).await;
-            drop(noted);
-            ending
-        }
-    };
-    log.end(ending.outcome, ending.side, ending.cause);
-    live.metrics.active.decrement(1.0);
-    drop(log);
-    drop(permit);
-    drop(client);
+    slot: ConnectionSlot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (socket, peer) = *accepted;
+        let mut log = AccessLog::new(peer, &live);
+        let _ = socket.set_nodelay(true);
+        // Boxed: the setup's state (the hello's buffer and reads, connect, a whole terminated
+        // session) is freed when it ends, so an established passthrough connection's task
+        // holds only its two sockets, its record and the relay's state.
+        let (mut client, mut next) =
+            Box::pin(setup(socket, listener, &live, &shared, &mut log)).await;
+        // Matched by reference: moved out, its parts would take room of their own in the task.
+        let ending = match &mut next {
+            Next::Done(ending) => *ending,
+            Next::Relay { backend, .. } => passthrough(&mut client, backend, &live, &log).await,
+        };
+        drop(next);
+        log.end(ending.outcome, ending.side, ending.cause);
+        drop(slot);
+        drop(client);
+    }
 }
 
 /// Where the setup phase leaves a connection.
@@ -122,13 +128,26 @@ enum Next<'s> {
     Relay {
         backend: TcpStream,
         /// The hello's random, noted while the connection is open to see a routing loop.
-        noted: ReplayedHello<'s>,
+        _noted: ReplayedHello<'s>,
     },
 }
 
 /// Everything before the long copy: sniff, route, then the backend connect (passthrough) or a
-/// whole terminated session.
+/// whole terminated session. Gives the client's socket back, for the relay or to be closed.
 async fn setup<'a, 's>(
+    socket: TcpStream,
+    listener: Arc<ListenerContext>,
+    live: &'a Live,
+    shared: &'s Shared,
+    log: &mut AccessLog<'a>,
+) -> (TcpStream, Next<'s>) {
+    let mut client = ClientStream::new(socket, log.client, live, shared);
+    let next = sniff_and_route(&mut client, live, &listener, shared, log).await;
+    (client.socket, next)
+}
+
+/// [`setup`]'s steps, on the client's stream.
+async fn sniff_and_route<'a, 's>(
     client: &mut ClientStream<'s>,
     live: &'a Live,
     listener: &ListenerContext,
@@ -190,10 +209,13 @@ async fn setup<'a, 's>(
                     // if this hello comes back, it is the proxy's own.
                     let noted = shared.replayed.note(random_prefix);
                     let mut backend = backend.stream;
-                    match replay_to(&mut backend, replay, live, shared).await {
+                    match replay_to(&mut backend, replay, live).await {
                         Ok(written) => {
-                            log.to_backend = written;
-                            Next::Relay { backend, noted }
+                            log.bytes.to_backend.fetch_add(written, Ordering::Relaxed);
+                            Next::Relay {
+                                backend,
+                                _noted: noted,
+                            }
                         }
                         Err(ending) => Next::Done(ending),
                     }
@@ -301,7 +323,7 @@ async fn terminated<'a>(
         }
     };
     let Some(backend_tls) = &terminate.backend_tls else {
-        return copy(client, backend, live, shared, log).await;
+        return copy(client, backend, live, log).await;
     };
     let upstream = timeout(
         live.timeouts.connect,
@@ -309,7 +331,7 @@ async fn terminated<'a>(
     )
     .await;
     match upstream {
-        Ok(Ok(backend)) => copy(client, backend, live, shared, log).await,
+        Ok(Ok(backend)) => copy(client, backend, live, log).await,
         failed => {
             let _ = timeout(alert::LINGER, client.shutdown()).await;
             let reason = match &failed {
@@ -340,20 +362,14 @@ fn proxy_header(
     Some(header)
 }
 
-/// Writes the replay (the hello and whatever followed it) to the backend, within the idle limit
-/// and until the drain; once written it is no longer a pending hello. Returns the bytes written.
+/// Writes the replay (the hello and whatever followed it) to the backend, within the idle
+/// limit; once written it is no longer a pending hello. Returns the bytes written.
 async fn replay_to(
     backend: &mut TcpStream,
     replay: Replay<'_>,
     live: &Live,
-    shared: &Shared,
 ) -> Result<u64, Ending> {
-    let written = tokio::select! {
-        written = timeout(live.timeouts.idle, backend.write_all(&replay.bytes)) => written,
-        () = shared.shutdown.splices.cancelled() => {
-            return Err(Ending::new(Outcome::Drained, Side::Internal));
-        }
-    };
+    let written = timeout(live.timeouts.idle, backend.write_all(&replay.bytes)).await;
     let len = replay.bytes.len() as u64;
     drop(replay);
     match written {
@@ -365,66 +381,40 @@ async fn replay_to(
 
 /// Passthrough, the replay already written: copies both ways (with splice(2) on Linux, so an
 /// idle connection holds no buffer).
-async fn passthrough(
-    client: &mut TcpStream,
-    backend: TcpStream,
-    live: &Live,
-    shared: &Shared,
-    log: &mut AccessLog<'_>,
-) -> Ending {
-    #[cfg(target_os = "linux")]
-    {
-        use std::sync::atomic::Ordering;
-
-        let activity = Activity::new();
-        let counts = super::splice::Counts::default();
-        let copy = std::pin::pin!(super::splice::copy_both_ways(
-            &*client, &backend, &activity, &counts
-        ));
-        let (outcome, side) = relay::supervise(
-            copy,
-            &activity,
-            live.timeouts.idle,
-            &shared.shutdown.splices,
-        )
-        .await;
-        log.to_backend += counts.to_backend.load(Ordering::Relaxed);
-        log.to_client = counts.to_client.load(Ordering::Relaxed);
-        Ending::new(outcome, side)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let replayed = log.to_backend;
-        let ending = copy(client, backend, live, shared, log).await;
-        log.to_backend += replayed;
-        ending
+/// (An `async` block, for the reason [`serve`] gives.)
+fn passthrough<'a>(
+    client: &'a mut TcpStream,
+    backend: &'a mut TcpStream,
+    live: &'a Live,
+    log: &'a AccessLog<'_>,
+) -> impl Future<Output = Ending> + Send + 'a {
+    async move {
+        #[cfg(target_os = "linux")]
+        {
+            let activity = Activity::new();
+            let copy = std::pin::pin!(super::splice::copy_both_ways(
+                &*client, &*backend, &activity, &log.bytes
+            ));
+            let (outcome, side) = relay::supervise(copy, &activity, live.timeouts.idle).await;
+            Ending::new(outcome, side)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            copy(client, backend, live, log).await
+        }
     }
 }
 
-/// Copies both ways in user space until the connection ends; byte counts go to the log.
-async fn copy<C, B>(
-    client: C,
-    backend: B,
-    live: &Live,
-    shared: &Shared,
-    log: &mut AccessLog<'_>,
-) -> Ending
+/// Copies both ways in user space until the connection ends, counting bytes into the log.
+async fn copy<C, B>(client: C, backend: B, live: &Live, log: &AccessLog<'_>) -> Ending
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let activity = Activity::new();
-    let mut client = Counted::new(client, Side::Client, &activity);
-    let mut backend = Counted::new(backend, Side::Backend, &activity);
-    let (outcome, side) = relay::copy(
-        &mut client,
-        &mut backend,
-        &activity,
-        live.timeouts.idle,
-        &shared.shutdown.splices,
-    )
-    .await;
-    log.to_backend = backend.written;
-    log.to_client = client.written;
+    let mut client = Counted::new(client, Side::Client, &activity, &log.bytes.to_client);
+    let mut backend = Counted::new(backend, Side::Backend, &activity, &log.bytes.to_backend);
+    let (outcome, side) =
+        relay::copy(&mut client, &mut backend, &activity, live.timeouts.idle).await;
     Ending::new(outcome, side)
 }

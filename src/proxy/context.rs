@@ -5,6 +5,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -12,13 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ListenerMetrics;
 use crate::proxy_protocol::Cidr;
 
-/// The stages of shutdown a connection listens for (the accept loops have their own stops).
+/// The stage of shutdown a connection listens for (the accept loops have their own stops; when
+/// the drain time is up, the workers drop what is left).
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     /// Closes connections still reading their hello.
     pub hellos: CancellationToken,
-    /// Closes spliced connections (when the drain time is up).
-    pub splices: CancellationToken,
 }
 
 /// Connections still sending their hello, per client address (`limits.max_pending_per_ip`).
@@ -148,18 +148,77 @@ impl Drop for ReplayedHello<'_> {
     }
 }
 
+/// The connection cap (`limits.max_connections`), lock-free: taking a slot is one atomic add,
+/// giving it back one atomic subtract, from whichever worker.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl ConnectionSlots {
+    /// A cap of `max` connections open at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// A new cap (a reload). Slots in use are not taken back: a lower cap takes effect as
+    /// connections end.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// A slot for one more connection, or `None` at the cap.
+    pub(super) fn take(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
+        let slots = &shared.slots;
+        if slots.open.fetch_add(1, Ordering::Relaxed) >= slots.max.load(Ordering::Relaxed) {
+            slots.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(shared.clone()))
+    }
+}
+
+/// One open connection's slot, given back when dropped.
+#[derive(Debug)]
+pub(super) struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.slots.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What every connection shares, whatever listener accepted it: created once per server and
 /// kept across reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
+    /// The connection cap.
+    pub slots: ConnectionSlots,
     /// Hellos replayed to backends, to see a routing loop.
     pub replayed: ReplayedHellos,
-    /// Shutdown stages connections watch (`hellos`, `splices`).
+    /// The shutdown stage connections watch.
     pub shutdown: Shutdown,
     /// Pending hellos per client address.
     pub pending: PendingHellos,
     /// Bytes all pending hellos hold.
     pub hello_budget: HelloBudget,
+}
+
+impl Shared {
+    /// What connections share, with a cap of `max_connections` open at once.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            slots: ConnectionSlots::new(max_connections),
+            replayed: ReplayedHellos::default(),
+            shutdown: Shutdown::default(),
+            pending: PendingHellos::default(),
+            hello_budget: HelloBudget::default(),
+        }
+    }
 }
 
 /// What each connection needs to know of the listener that accepted it.

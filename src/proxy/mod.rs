@@ -3,7 +3,7 @@
 //! ```text
 //! context.rs     what a connection needs from its listener and the server (shutdown stages,
 //!                pending-hello counts and budget, trusted PROXY sources, series)
-//! accept.rs      the accept loop: connection cap, accept errors, one tracked task each
+//! accept.rs      a worker's accept loop: connection cap, accept errors, one tracked task each
 //! connection.rs  one connection's life: sniff → route → connect → relay, or terminate
 //! sniff.rs       ClientStream: PROXY header and ClientHello in, Sniffed or SniffError out
 //! connect.rs     dial the backend, send the PROXY header; ConnectError
@@ -32,8 +32,8 @@ mod splice;
 mod tls;
 
 pub(crate) use accept::AcceptErrors;
-pub use accept::Listener;
-pub use context::{HelloBudget, ListenerContext, PendingHellos, Shared, Shutdown};
+pub use accept::{accept, Listener};
+pub use context::{ConnectionSlots, HelloBudget, ListenerContext, PendingHellos, Shared, Shutdown};
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::metrics::ConnectionMetrics;

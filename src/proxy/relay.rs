@@ -4,8 +4,9 @@
 //! `splice.rs` holds Linux's zero-copy path.
 //!
 //! `copy_bidirectional_with_sizes` shuts down the write half of one side when the other side's
-//! read hits EOF and keeps the other direction flowing: the SPEC's half-close. Byte counts live
-//! in a thin wrapper around each stream so they survive errors and timeouts. One idle timer per
+//! read hits EOF and keeps the other direction flowing: the SPEC's half-close. A thin wrapper
+//! around each stream counts its bytes into the connection's record ([`Counts`]), so they
+//! survive errors, timeouts and the end of a drain. One idle timer per
 //! connection: each read or write stamps the time, and the timer, when it fires, sleeps again
 //! until the last stamp plus the idle limit (no timeout per read).
 
@@ -18,12 +19,19 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Side};
 
 /// Bytes buffered per direction while splicing: one maximum-size TLS record.
 const COPY_BUFFER: usize = 16 * 1024;
+
+/// Bytes written each way, kept in the connection's access-log record: counted as they move, so
+/// they are right however the copy ends (its task dropped at the end of a drain included).
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) to_backend: AtomicU64,
+    pub(super) to_client: AtomicU64,
+}
 
 /// What both directions of one connection share: when a byte last moved, and which side
 /// closed or failed first.
@@ -97,16 +105,21 @@ pub(super) struct Counted<'a, S> {
     side: Side,
     activity: &'a Activity,
     /// Bytes written into this stream so far.
-    pub(super) written: u64,
+    written: &'a AtomicU64,
 }
 
 impl<'a, S> Counted<'a, S> {
-    pub(super) fn new(inner: S, side: Side, activity: &'a Activity) -> Self {
+    pub(super) fn new(
+        inner: S,
+        side: Side,
+        activity: &'a Activity,
+        written: &'a AtomicU64,
+    ) -> Self {
         Self {
             inner,
             side,
             activity,
-            written: 0,
+            written,
         }
     }
 
@@ -146,7 +159,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
         let result = ready!(Pin::new(&mut self.inner).poll_write(context, buf));
         self.note(&result);
         if let Ok(written) = result {
-            self.written += written as u64;
+            self.written.fetch_add(written as u64, Ordering::Relaxed);
             self.activity.touch();
         }
         Poll::Ready(result)
@@ -165,14 +178,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     }
 }
 
-/// Copies both ways until both directions are done, the connection idles for `idle`, or
-/// `cancel` fires; says how it ended and which side ended it.
+/// Copies both ways until both directions are done or the connection idles for `idle`; says how
+/// it ended and which side ended it.
 pub(super) async fn copy<C, B>(
     client: &mut Counted<'_, C>,
     backend: &mut Counted<'_, B>,
     activity: &Activity,
     idle: Duration,
-    cancel: &CancellationToken,
 ) -> (Outcome, Side)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -183,36 +195,39 @@ where
             .await
             .map(|_| ())
     });
-    supervise(copy, activity, idle, cancel).await
+    supervise(copy, activity, idle).await
 }
 
-/// Runs `copy` (both directions of one connection) under the idle timer and `cancel`; says how
-/// it ended and which side ended it. `copy` is pinned by the caller and borrowed, not moved in:
-/// a moved future would take room twice in the connection's task (argument and pinned local).
-pub(super) async fn supervise(
-    mut copy: Pin<&mut impl Future<Output = io::Result<()>>>,
-    activity: &Activity,
+/// Runs `copy` (both directions of one connection) under the idle timer; says how it ended and
+/// which side ended it. `copy` is pinned by the caller and borrowed, not moved in: a moved future
+/// would take room twice in the connection's task (argument and pinned local); for the same
+/// reason this is an `async` block, not an `async fn`. Nothing here waits for shutdown: when the
+/// drain time is up, the workers drop the connections' tasks, and each one's record logs it as
+/// drained (so an idle connection holds no waiter for that).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub(super) fn supervise<'a>(
+    mut copy: Pin<&'a mut impl Future<Output = io::Result<()>>>,
+    activity: &'a Activity,
     idle: Duration,
-    cancel: &CancellationToken,
-) -> (Outcome, Side) {
-    let timer = tokio::time::sleep(idle);
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            result = copy.as_mut() => {
-                return match result {
-                    Ok(()) => (Outcome::Ok, Activity::side(&activity.first_closed)),
-                    Err(_) => (Outcome::Reset, Activity::side(&activity.first_failed)),
-                };
-            }
-            () = &mut timer => {
-                let deadline = activity.last() + idle;
-                if deadline <= Instant::now() {
-                    return (Outcome::IdleTimeout, Side::Internal);
+) -> impl Future<Output = (Outcome, Side)> + 'a {
+    async move {
+        let mut timer = std::pin::pin!(tokio::time::sleep(idle));
+        loop {
+            tokio::select! {
+                result = copy.as_mut() => {
+                    return match result {
+                        Ok(()) => (Outcome::Ok, Activity::side(&activity.first_closed)),
+                        Err(_) => (Outcome::Reset, Activity::side(&activity.first_failed)),
+                    };
                 }
-                timer.as_mut().reset(deadline);
+                () = &mut timer => {
+                    let deadline = activity.last() + idle;
+                    if deadline <= Instant::now() {
+                        return (Outcome::IdleTimeout, Side::Internal);
+                    }
+                    timer.as_mut().reset(deadline);
+                }
             }
-            () = cancel.cancelled() => return (Outcome::Drained, Side::Internal),
         }
     }
 }
@@ -235,17 +250,17 @@ mod tests {
         let (backend_near, backend_far) = duplex(64);
         let task = tokio::spawn(async move {
             let activity = Activity::new();
-            let mut client = Counted::new(client_near, Side::Client, &activity);
-            let mut backend = Counted::new(backend_near, Side::Backend, &activity);
-            let (outcome, side) = copy(
-                &mut client,
-                &mut backend,
-                &activity,
-                idle,
-                &CancellationToken::new(),
+            let counts = Counts::default();
+            let mut client = Counted::new(client_near, Side::Client, &activity, &counts.to_client);
+            let mut backend =
+                Counted::new(backend_near, Side::Backend, &activity, &counts.to_backend);
+            let (outcome, side) = copy(&mut client, &mut backend, &activity, idle).await;
+            (
+                outcome,
+                side,
+                counts.to_backend.load(Ordering::Relaxed),
+                counts.to_client.load(Ordering::Relaxed),
             )
-            .await;
-            (outcome, side, backend.written, client.written)
         });
         (client_far, backend_far, task)
     }

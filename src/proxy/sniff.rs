@@ -15,10 +15,12 @@
 //! carries both holds out of this phase.
 
 use std::cell::RefCell;
-use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 
 use tls_parser::TlsAlertDescription;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -295,34 +297,36 @@ impl<'a> ClientStream<'a> {
     }
 
     /// Appends what the socket has next, waiting for it; the buffer grows by exactly what
-    /// arrived, within `limit` and the budget.
+    /// arrived, within `limit` and the budget. Read with `poll_read`, which, after a read that
+    /// didn't fill the chunk, takes the socket as drained: the relay that follows doesn't probe
+    /// it with a read that can only say EAGAIN (one system call less per connection).
     async fn read_more(&mut self) -> Result<(), SniffError> {
         let spare = self.limit.saturating_sub(self.buffer.len());
         if spare == 0 {
             return Err(HelloError::TooLarge { limit: self.limit }.into());
         }
-        loop {
-            self.socket
-                .readable()
-                .await
-                .map_err(|error| SniffError::ClientClosed(Closed::Error((&error).into())))?;
-            let read = SCRATCH.with_borrow_mut(|scratch| {
-                let chunk = &mut scratch[..spare.min(READ_CHUNK)];
-                match self.socket.try_read(chunk) {
-                    Ok(0) => Err(SniffError::ClientClosed(Closed::Eof)),
-                    Ok(read) => {
-                        self.reserve(read)?;
-                        self.buffer.extend_from_slice(&chunk[..read]);
-                        Ok(true)
+        std::future::poll_fn(|context| {
+            // Borrowed within one poll only: other connections on this thread use it too.
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut chunk = ReadBuf::new(&mut scratch[..spare.min(READ_CHUNK)]);
+                match Pin::new(&mut self.socket).poll_read(context, &mut chunk) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(error)) => Poll::Ready(Err(SniffError::ClientClosed(
+                        Closed::Error((&error).into()),
+                    ))),
+                    Poll::Ready(Ok(())) if chunk.filled().is_empty() => {
+                        Poll::Ready(Err(SniffError::ClientClosed(Closed::Eof)))
                     }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                    Err(error) => Err(SniffError::ClientClosed(Closed::Error((&error).into()))),
+                    Poll::Ready(Ok(())) => {
+                        let read = chunk.filled();
+                        Poll::Ready(self.reserve(read.len()).map(|()| {
+                            self.buffer.extend_from_slice(read);
+                        }))
+                    }
                 }
-            });
-            if read? {
-                return Ok(());
-            }
-        }
+            })
+        })
+        .await
     }
 
     /// Makes room for `more` bytes: half again the buffer's size or what is needed, whichever is

@@ -27,7 +27,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::relay::Activity;
+use super::relay::{Activity, Counts};
 use super::Side;
 
 /// Bytes one pipe holds: Linux's default, 16 pages.
@@ -121,13 +121,6 @@ impl Drop for Pipe {
         }
         PIPES.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Byte counts that survive the copy being dropped (idle timeout, drain).
-#[derive(Debug, Default)]
-pub(super) struct Counts {
-    pub(super) to_backend: AtomicU64,
-    pub(super) to_client: AtomicU64,
 }
 
 /// Copies both ways between `client` and `backend` until both directions have ended; the first

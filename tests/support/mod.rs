@@ -62,7 +62,7 @@ pub struct Proxy {
     pub config_path: PathBuf,
     reloads: watch::Receiver<ReloadReport>,
     signals: mpsc::Sender<Signal>,
-    task: JoinHandle<()>,
+    task: JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,10 +74,24 @@ impl Proxy {
         Self::start_at(dir, config_path).await
     }
 
+    /// A proxy with one worker thread, for tests that need connections accepted in the order
+    /// they were made: with several workers, each accepts from its own socket of the listener,
+    /// so two connections made one after the other may be taken in either order.
+    pub async fn start_one_worker(routes: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("routes.toml");
+        std::fs::write(&config_path, Self::config_text(routes)).unwrap();
+        Self::start_with(dir, config_path, 1).await
+    }
+
     /// A proxy running the config at `config_path` (already written, inside `dir`).
     pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
+        Self::start_with(dir, config_path, 2).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, config_path: PathBuf, workers: usize) -> Self {
         let config = config::load(&config_path).expect("test config");
-        let server = Server::bind(&config_path, &config)
+        let server = Server::bind_for(&config_path, &config, workers)
             .await
             .expect("bind proxy");
         let address = server.local_addrs()[0];
@@ -147,7 +161,7 @@ impl Proxy {
 
     /// Waits until the server's `run` has returned.
     pub async fn stopped(self) {
-        guard(self.task).await.unwrap();
+        guard(self.task).await.unwrap().unwrap();
     }
 }
 
