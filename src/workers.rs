@@ -32,7 +32,7 @@ impl Workers {
         let mut threads = Vec::new();
         let stop = CancellationToken::new();
         // Until they are all started, dropping this stops the ones that are.
-        let _stop_on_failure = stop.clone().drop_guard();
+        let stop_on_failure = stop.clone().drop_guard();
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -48,7 +48,7 @@ impl Workers {
                 })?;
             threads.push(thread);
         }
-        _stop_on_failure.disarm();
+        stop_on_failure.disarm();
         Ok(Self {
             handles,
             threads: std::sync::Mutex::new(threads),
