@@ -60,7 +60,7 @@ pub struct Server {
     /// `GET /metrics`, where the config asks for it.
     metrics: Option<MetricsSocket>,
     live: Arc<ArcSwap<Live>>,
-    /// What connections share: the connection cap, shutdown stages, pending hellos.
+    /// What connections share: the connection cap, the shutdown stage, pending hellos.
     shared: Arc<Shared>,
     /// Worker threads to run (`--workers`).
     workers: usize,

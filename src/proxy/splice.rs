@@ -301,16 +301,9 @@ impl<'a> Direction<'a> {
         pipe: Pipe,
         mut in_pipe: usize,
     ) -> Option<Poll<io::Result<()>>> {
-        match self.sink.poll_write_ready(context) {
-            Poll::Pending => {
-                self.state = State::Draining { pipe, in_pipe };
-                return Some(Poll::Pending);
-            }
-            Poll::Ready(Err(error)) => {
-                activity.failed(self.other());
-                return Some(Poll::Ready(Err(error)));
-            }
-            Poll::Ready(Ok(())) => {}
+        if let Some(returned) = self.sink_ready(context, activity) {
+            self.state = State::Draining { pipe, in_pipe };
+            return Some(returned);
         }
         let drained = self.sink.try_io(Interest::WRITABLE, || {
             rustix::pipe::splice(
@@ -323,17 +316,9 @@ impl<'a> Direction<'a> {
             )
             .map_err(io::Error::from)
         });
-        match drained {
-            Ok(moved) => {
-                in_pipe -= moved;
-                self.written.fetch_add(moved as u64, Ordering::Relaxed);
-                activity.touch();
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                activity.failed(self.other());
-                return Some(Poll::Ready(Err(error)));
-            }
+        match self.sent(drained, activity) {
+            Ok(moved) => in_pipe -= moved,
+            Err(error) => return Some(Poll::Ready(Err(error))),
         }
         if in_pipe > 0 {
             self.state = State::Draining { pipe, in_pipe };
@@ -353,28 +338,13 @@ impl<'a> Direction<'a> {
         range: std::ops::Range<usize>,
     ) -> Option<Poll<io::Result<()>>> {
         let (mut start, end) = (range.start, range.end);
-        match self.sink.poll_write_ready(context) {
-            Poll::Pending => {
-                self.state = State::Buffered { buffer, start, end };
-                return Some(Poll::Pending);
-            }
-            Poll::Ready(Err(error)) => {
-                activity.failed(self.other());
-                return Some(Poll::Ready(Err(error)));
-            }
-            Poll::Ready(Ok(())) => {}
+        if let Some(returned) = self.sink_ready(context, activity) {
+            self.state = State::Buffered { buffer, start, end };
+            return Some(returned);
         }
-        match self.sink.try_write(&buffer[start..end]) {
-            Ok(sent) => {
-                start += sent;
-                self.written.fetch_add(sent as u64, Ordering::Relaxed);
-                activity.touch();
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                activity.failed(self.other());
-                return Some(Poll::Ready(Err(error)));
-            }
+        match self.sent(self.sink.try_write(&buffer[start..end]), activity) {
+            Ok(sent) => start += sent,
+            Err(error) => return Some(Poll::Ready(Err(error))),
         }
         self.state = if start < end {
             State::Buffered { buffer, start, end }
@@ -382,6 +352,40 @@ impl<'a> Direction<'a> {
             State::Idle
         };
         None
+    }
+
+    /// Waits for the sink to take bytes: `None` when it can, else what `poll` returns (pending,
+    /// or the sink's error).
+    fn sink_ready(
+        &self,
+        context: &mut Context<'_>,
+        activity: &Activity,
+    ) -> Option<Poll<io::Result<()>>> {
+        match self.sink.poll_write_ready(context) {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(Err(error)) => {
+                activity.failed(self.other());
+                Some(Poll::Ready(Err(error)))
+            }
+            Poll::Ready(Ok(())) => None,
+        }
+    }
+
+    /// Counts what a write into the sink moved (none when it would block); a failed write is
+    /// the sink's side's failure.
+    fn sent(&self, written: io::Result<usize>, activity: &Activity) -> io::Result<usize> {
+        match written {
+            Ok(moved) => {
+                self.written.fetch_add(moved as u64, Ordering::Relaxed);
+                activity.touch();
+                Ok(moved)
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(error) => {
+                activity.failed(self.other());
+                Err(error)
+            }
+        }
     }
 
     /// Fills the empty `pipe` from the source and sets the next state: a burst to drain, or

@@ -68,20 +68,21 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(routes: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("routes.toml");
-        std::fs::write(&config_path, Self::config_text(routes)).unwrap();
-        Self::start_at(dir, config_path).await
+        Self::start_workers(routes, 2).await
     }
 
     /// A proxy with one worker thread, for tests that need connections accepted in the order
     /// they were made: with several workers, each accepts from its own socket of the listener,
     /// so two connections made one after the other may be taken in either order.
     pub async fn start_one_worker(routes: &str) -> Self {
+        Self::start_workers(routes, 1).await
+    }
+
+    async fn start_workers(routes: &str, workers: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.toml");
         std::fs::write(&config_path, Self::config_text(routes)).unwrap();
-        Self::start_with(dir, config_path, 1).await
+        Self::start_with(dir, config_path, workers).await
     }
 
     /// A proxy running the config at `config_path` (already written, inside `dir`).
