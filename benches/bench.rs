@@ -1267,7 +1267,7 @@ fn route_table() -> anyhow::Result<(RouteTable, Vec<sniroute::name::ServerName>,
         )?;
     }
     let config = sniroute::config::Config::parse(Path::new("bench.toml"), &text)?;
-    let table = RouteTable::new(&config);
+    let table = RouteTable::new(&config, None);
     let build = start.elapsed();
     let mut names = Vec::new();
     for index in 0..10_000usize {

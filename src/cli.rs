@@ -281,7 +281,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
                     .as_ref()
                     .map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
                 alpn_list(route),
-                route.target.backend.to_string(),
+                route.target.pool.to_string(),
                 tls_mode(route),
             ]
         })
@@ -378,7 +378,7 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
     let Some(offer) = Alpn::from_protocols(alpn) else {
         bail!("--alpn: expected protocol names of 1 to 255 bytes");
     };
-    let table = RouteTable::new(&config);
+    let table = RouteTable::new(&config, None);
     let decision = table.lookup(server_name.as_ref(), &offer);
     let mut out = String::new();
     writeln!(
@@ -402,7 +402,7 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
     match decision.route {
         Some(route) => {
             writeln!(out, "route    {} (line {})", route.name, route.line)?;
-            writeln!(out, "backend  {}", route.target.backend)?;
+            writeln!(out, "backend  {}", route.target.pool)?;
             writeln!(out, "tls      {}", tls_mode(route))?;
             match decision.reason {
                 Reason::NoServerName | Reason::NoMatch => {
@@ -555,14 +555,16 @@ async fn demo(workers: Option<u16>) -> anyhow::Result<()> {
     // One TLS backend per backend address, with a certificate for every name routed to it.
     let mut backends: BTreeMap<String, (SocketAddr, Vec<String>)> = BTreeMap::new();
     for route in &config.routes {
-        let (config::Backend::Addr(address), Some(pattern)) = (&route.target.backend, &route.sni)
-        else {
-            continue;
-        };
-        let entry = backends
-            .entry(address.to_string())
-            .or_insert((*address, Vec::new()));
-        entry.1.push(pattern.to_string());
+        let Some(pattern) = &route.sni else { continue };
+        for member in &route.target.pool.members {
+            let config::Backend::Addr(address) = member.backend else {
+                continue;
+            };
+            let entry = backends
+                .entry(address.to_string())
+                .or_insert((address, Vec::new()));
+            entry.1.push(pattern.to_string());
+        }
     }
     let mut running = Vec::new();
     for (label, (address, names)) in &backends {

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Backend, Config, Limits, Listen, Protocol, Route, Target, Timeouts};
+use crate::config::{
+    Backend, Balance, Config, Limits, Listen, Member, Pool, Protocol, Route, Target, Timeouts,
+};
 use crate::hello::{HelloError, Peeker, Progress};
 use crate::name::{NamePattern, ServerName};
 use crate::route::RouteTable;
@@ -173,8 +175,15 @@ pub fn route(data: &[u8]) {
         }
     }
     let target = Arc::new(Target {
-        backend: Backend::Addr(([127, 0, 0, 1], 9).into()),
-        backend_position: (1, 1),
+        pool: Pool {
+            members: vec![Member {
+                backend: Backend::Addr(([127, 0, 0, 1], 9).into()),
+                weight: 1,
+                position: (1, 1),
+            }],
+            balance: Balance::RoundRobin,
+            health: None,
+        },
         proxy_protocol: None,
         terminate: None,
     });
@@ -209,7 +218,7 @@ pub fn route(data: &[u8]) {
             line: 0,
         }),
     };
-    let table = RouteTable::new(&config);
+    let table = RouteTable::new(&config, None);
     let offer = crate::hello::Alpn::default();
     for chunk in lookups.chunks(3) {
         let Some(name) = name_from(chunk) else {

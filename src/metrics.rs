@@ -46,6 +46,20 @@ pub const ACCEPT_ERRORS: &str = "sniroute_accept_errors_total";
 /// Gauge: bytes held by the buffers of hellos still arriving (`limits.max_pending_hello_bytes`).
 pub const PENDING_HELLO_BYTES: &str = "sniroute_pending_hello_bytes";
 
+/// Gauge: 1 while a backend is in rotation (passing its checks, not ejected), by route and
+/// backend address.
+pub const BACKEND_UP: &str = "sniroute_backend_up";
+/// Gauge: connections open to a backend, by route and backend address.
+pub const BACKEND_ACTIVE: &str = "sniroute_backend_active_connections";
+/// Counter: connect attempts to a backend, by route, backend address and `result` (`ok`,
+/// `unreachable`, `timeout`, `reset`: closed before answering the hello).
+pub const BACKEND_CONNECT_ATTEMPTS: &str = "sniroute_backend_connect_attempts_total";
+/// Counter: active health checks, by route, backend address and `result` (`ok`, `failed`).
+pub const BACKEND_HEALTH_CHECKS: &str = "sniroute_backend_health_checks_total";
+/// Counter: background resolutions of a backend host name, by route, `host` (as routes.toml
+/// names it) and `result` (`ok`, `failed`: the last good addresses stay).
+pub const BACKEND_RESOLUTIONS: &str = "sniroute_backend_resolutions_total";
+
 /// The route label of connections that matched no route.
 pub const NO_ROUTE: &str = "none";
 
@@ -128,6 +142,26 @@ fn describe() {
         Unit::Seconds,
         "Time from accept to close, by route."
     );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 while a backend is in rotation (passing checks, not ejected), by route and backend."
+    );
+    describe_gauge!(
+        BACKEND_ACTIVE,
+        "Connections open to a backend, by route and backend."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_ATTEMPTS,
+        "Backend connect attempts, by route, backend and result."
+    );
+    describe_counter!(
+        BACKEND_HEALTH_CHECKS,
+        "Active health checks, by route, backend and result."
+    );
+    describe_counter!(
+        BACKEND_RESOLUTIONS,
+        "Background resolutions of backend host names, by route, host and result."
+    );
     describe_counter!(CONFIG_RELOADS, "Config reloads, by result.");
     describe_counter!(
         LOG_LINES_DROPPED,
@@ -201,7 +235,6 @@ impl ListenerMetrics {
 #[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
-    backend: Arc<str>,
     handles: OnceLock<RouteHandles>,
 }
 
@@ -216,18 +249,15 @@ pub struct RouteHandles {
     pub duration: Histogram,
     /// `sniroute_backend_connect_duration_seconds`.
     pub connect_duration: Histogram,
-    /// `sniroute_backend_connect_failures_total`.
-    pub connect_failures: Counter,
     /// `sniroute_connections_closed_total`, one per [`Outcome::ALL`].
     closed: Vec<Counter>,
 }
 
 impl RouteMetrics {
-    /// The series of the route named `route` (its `backend` labels connect failures).
-    pub fn new(route: &str, backend: &str) -> Self {
+    /// The series of the route named `route`.
+    pub fn new(route: &str) -> Self {
         Self {
             route: route.into(),
-            backend: backend.into(),
             handles: OnceLock::new(),
         }
     }
@@ -244,11 +274,6 @@ impl RouteMetrics {
                 to_client: transfer("to_client"),
                 duration: metrics::histogram!(CONNECTION_DURATION, "route" => route.clone()),
                 connect_duration: metrics::histogram!(BACKEND_CONNECT_DURATION, "route" => route.clone()),
-                connect_failures: metrics::counter!(
-                    BACKEND_CONNECT_FAILURES,
-                    "route" => route.clone(),
-                    "backend" => metrics::SharedString::from(self.backend.clone())
-                ),
                 closed: Outcome::ALL
                     .iter()
                     .map(|outcome| metrics::counter!(CONNECTIONS_CLOSED, "route" => route.clone(), "outcome" => outcome.as_str()))
@@ -262,5 +287,68 @@ impl RouteHandles {
     /// `sniroute_connections_closed_total` for `outcome`.
     pub fn closed(&self, outcome: Outcome) -> &Counter {
         &self.closed[outcome.index()]
+    }
+}
+
+/// The series of one backend of one route, registered when it first sees a connection or a
+/// check.
+#[derive(Debug)]
+pub struct MemberHandles {
+    /// `sniroute_backend_up`.
+    up: Gauge,
+    /// `sniroute_backend_active_connections`.
+    pub active: Gauge,
+    /// `sniroute_backend_connect_attempts_total`, one per [`AttemptResult`].
+    attempts: [Counter; 4],
+    /// `sniroute_backend_connect_failures_total`.
+    pub connect_failures: Counter,
+    /// `sniroute_backend_health_checks_total{result="ok"}`, `{result="failed"}`.
+    checks: [Counter; 2],
+}
+
+/// How a connect attempt to one backend went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Connected (and, where it was waited for, the backend answered).
+    Ok,
+    /// Refused, reset, unreachable.
+    Unreachable,
+    /// No answer within the attempt's share of `timeouts.connect`.
+    Timeout,
+    /// Connected, then closed or reset before answering the hello.
+    Reset,
+}
+
+impl MemberHandles {
+    /// Registers the series of backend `backend` of route `route`.
+    pub fn new(route: &str, backend: &str) -> Self {
+        let labels = [("route", route.to_owned()), ("backend", backend.to_owned())];
+        let attempt = |result: &'static str| metrics::counter!(BACKEND_CONNECT_ATTEMPTS, "route" => route.to_owned(), "backend" => backend.to_owned(), "result" => result);
+        let check = |result: &'static str| metrics::counter!(BACKEND_HEALTH_CHECKS, "route" => route.to_owned(), "backend" => backend.to_owned(), "result" => result);
+        Self {
+            up: metrics::gauge!(BACKEND_UP, &labels),
+            active: metrics::gauge!(BACKEND_ACTIVE, &labels),
+            attempts: ["ok", "unreachable", "timeout", "reset"].map(attempt),
+            connect_failures: metrics::counter!(BACKEND_CONNECT_FAILURES, &labels),
+            checks: ["ok", "failed"].map(check),
+        }
+    }
+
+    /// Sets `sniroute_backend_up`.
+    pub fn set_up(&self, up: bool) {
+        self.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Counts a connect attempt; a failed one in `sniroute_backend_connect_failures_total` too.
+    pub fn attempt(&self, result: AttemptResult) {
+        self.attempts[result as usize].increment(1);
+        if result != AttemptResult::Ok {
+            self.connect_failures.increment(1);
+        }
+    }
+
+    /// Counts a health check.
+    pub fn checked(&self, passed: bool) {
+        self.checks[usize::from(!passed)].increment(1);
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, Listen, ListenKey};
 use crate::metrics as series;
-use crate::proxy::{Listener, ListenerContext, Live, Shared};
+use crate::proxy::{pools, Listener, ListenerContext, Live, Shared};
 use crate::watch::ConfigWatch;
 use crate::workers::{self, Workers};
 
@@ -64,6 +64,8 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Worker threads to run (`--workers`).
     workers: usize,
+    /// Resolves backend host names, in the background.
+    resolver: pools::Resolver,
     report: watch::Sender<ReloadReport>,
     /// Changes to the config file, watched from `bind` on so that none is missed.
     file_changes: mpsc::Receiver<()>,
@@ -106,13 +108,17 @@ impl Server {
             ..ReloadReport::default()
         };
         let (file_events, file_changes) = mpsc::channel(1);
+        let resolver = pools::Resolver::system();
+        let live = Live::new(config, None);
+        pools::resolve_new(&live.table, &resolver, config.timeouts.connect).await;
         Ok(Self {
             watch: ConfigWatch::start(path, file_events),
             file_changes,
             path: path.to_owned(),
             listeners,
             metrics,
-            live: Arc::new(ArcSwap::from_pointee(Live::new(config))),
+            resolver,
+            live: Arc::new(ArcSwap::from_pointee(live)),
             shared: Arc::new(Shared::new(config.limits.max_connections)),
             workers,
             report: watch::channel(report).0,
@@ -150,7 +156,10 @@ impl Server {
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         let admin = TaskTracker::new();
+        let background = TaskTracker::new();
         let mut running = Running {
+            pool_work: pools::start(&self.live.load().table, &self.resolver, &background),
+            background: &background,
             workers: &workers,
             shared: &shared,
             connections: &connections,
@@ -213,8 +222,11 @@ impl Server {
             }
         }
         running.serve_metrics(None);
+        running.pool_work.cancel();
+        background.close();
         admin.close();
         admin.wait().await;
+        background.wait().await;
         workers.stop().await;
         tracing::info!("stopped");
         Ok(())
@@ -228,10 +240,20 @@ impl Server {
             watch.refresh();
         }
         let result = match config::load(&self.path) {
-            Ok(config) => self.prepare(&config, running).await.map(|prepared| {
-                self.apply(&config, prepared, running);
-                config
-            }),
+            Ok(config) => match self.prepare(&config, running).await {
+                Ok(prepared) => {
+                    // Backends' state carries over; new host names are resolved before the
+                    // table serves.
+                    let live = Live::new(&config, Some(&self.live.load()));
+                    pools::resolve_new(&live.table, &self.resolver, config.timeouts.connect).await;
+                    let closing = self.apply(&config, live, prepared, running);
+                    // Reported only once the removed listeners' sockets are closed.
+                    closing.close();
+                    closing.wait().await;
+                    Ok(config)
+                }
+                Err(error) => Err(error),
+            },
             Err(error) => Err(error),
         };
         match result {
@@ -301,8 +323,19 @@ impl Server {
     /// Swaps in `config`: routes and limits for new connections, the connection cap, kept
     /// listeners' trusted PROXY sources, the listener set (new ones already bound; those the
     /// config no longer names stop), and the metrics address.
-    fn apply(&mut self, config: &Config, prepared: Prepared, running: &mut Running<'_>) {
-        self.live.store(Arc::new(Live::new(config)));
+    /// Returns a tracker of the removed listeners' accept loops, which end as they close their
+    /// sockets.
+    fn apply(
+        &mut self,
+        config: &Config,
+        live: Live,
+        prepared: Prepared,
+        running: &mut Running<'_>,
+    ) -> TaskTracker {
+        let closing = TaskTracker::new();
+        running.pool_work.cancel();
+        running.pool_work = pools::start(&live.table, &self.resolver, running.background);
+        self.live.store(Arc::new(live));
         let wanted: HashMap<ListenKey, &Listen> = config
             .listeners
             .iter()
@@ -319,6 +352,8 @@ impl Server {
             None => {
                 tracing::info!(address = %listener.bound, "listener closed");
                 listener.stop.cancel();
+                let loops = listener.loops.clone();
+                closing.spawn(async move { loops.wait().await });
                 false
             }
         });
@@ -340,6 +375,7 @@ impl Server {
             }
         }
         self.shared.slots.set_max(config.limits.max_connections);
+        closing
     }
 }
 
@@ -396,6 +432,8 @@ struct RunningListener {
     reuse_port: bool,
     context: Arc<ListenerContext>,
     stop: CancellationToken,
+    /// Its accept loops, one per worker.
+    loops: TaskTracker,
 }
 
 /// The metrics endpoint as it runs.
@@ -414,6 +452,10 @@ struct Running<'a> {
     connections: &'a TaskTracker,
     accept_loops: &'a TaskTracker,
     admin: &'a TaskTracker,
+    /// The pools' health checks and resolutions.
+    background: &'a TaskTracker,
+    /// Stops the live table's pool work.
+    pool_work: CancellationToken,
     /// Each listener by the (protocol, address) routes.toml gives it.
     listeners: HashMap<ListenKey, RunningListener>,
     metrics: Option<RunningMetrics>,
@@ -423,6 +465,8 @@ impl Running<'_> {
     fn start(&mut self, server: &Server, configured: ListenKey, listener: Listener) {
         tracing::info!(address = %listener.address, "listening");
         let stop = CancellationToken::new();
+        let loops = TaskTracker::new();
+        loops.close();
         self.listeners.insert(
             configured,
             RunningListener {
@@ -430,18 +474,19 @@ impl Running<'_> {
                 reuse_port: listener.reuse_port,
                 context: listener.context.clone(),
                 stop: stop.clone(),
+                loops: loops.clone(),
             },
         );
         for (socket, worker) in listener.sockets.into_iter().zip(self.workers.handles()) {
             self.accept_loops.spawn_on(
-                crate::proxy::accept(
+                loops.track_future(crate::proxy::accept(
                     socket,
                     listener.context.clone(),
                     server.live.clone(),
                     self.shared.clone(),
                     self.connections.clone(),
                     stop.clone(),
-                ),
+                )),
                 worker,
             );
         }
@@ -527,26 +572,32 @@ pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
             .iter()
             .map(|route| ("default".to_owned(), route)),
     ) {
-        let config::Backend::Addr(backend) = route.target.backend else {
-            continue;
-        };
-        let Some((index, listen)) = config
-            .listeners
-            .iter()
-            .enumerate()
-            .find(|(_, listen)| reaches(listen.address, backend))
-        else {
-            continue;
-        };
-        return Err(ConfigError {
-            file: path.to_owned(),
-            position: Some(route.target.backend_position),
-            key: format!("{key}.backend"),
-            message: format!(
-                "{backend} is this proxy's own listen[{index}] ({}): a routing loop",
-                listen.address
-            ),
-        });
+        for member in &route.target.pool.members {
+            let config::Backend::Addr(backend) = member.backend else {
+                continue;
+            };
+            let Some((index, listen)) = config
+                .listeners
+                .iter()
+                .enumerate()
+                .find(|(_, listen)| reaches(listen.address, backend))
+            else {
+                continue;
+            };
+            let key = match route.target.pool.members.len() {
+                1 => format!("{key}.backend"),
+                _ => format!("{key}.backends"),
+            };
+            return Err(ConfigError {
+                file: path.to_owned(),
+                position: Some(member.position),
+                key,
+                message: format!(
+                    "{backend} is this proxy's own listen[{index}] ({}): a routing loop",
+                    listen.address
+                ),
+            });
+        }
     }
     Ok(())
 }

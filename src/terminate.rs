@@ -155,6 +155,80 @@ pub fn backend_tls(
     })
 }
 
+/// The client config of a pool's `tls` health check: a handshake that verifies the backend's
+/// certificate against `ca`, or with no CA accepts any certificate (the check asks whether the
+/// backend completes a handshake, not whom it claims to be). Offers no ALPN.
+///
+/// # Errors
+/// The CA file can't be read or holds no usable certificate.
+pub fn health_check(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TerminateError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TerminateError::new(ca.unwrap_or(Path::new("-")), error.to_string()))?;
+    let config = match ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|error| TerminateError::new(ca, error.to_string()))?;
+            builder.with_webpki_verifier(verifier)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))),
+    };
+    Ok(Arc::new(config.with_no_client_auth()))
+}
+
+/// Accepts any certificate, while still checking that the handshake is signed by its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// PEM files are read up to this size; a chain of a few certificates is a few KiB.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 

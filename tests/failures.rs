@@ -317,8 +317,14 @@ async fn a_routing_loop_through_a_name_is_closed_at_the_first_hop() {
     assert_eq!(report.refused, None);
     for _ in 0..3 {
         let hello = ClientHelloBuilder::new().server_name("loop.test").record();
-        // Closed (nothing comes back) instead of looping until descriptors run out.
-        assert_eq!(send_raw(proxy.address, &hello).await, b"");
+        // Closed instead of looping until descriptors run out: nothing comes back, or, where
+        // `localhost` resolves to a second address that refuses, the internal_error alert of a
+        // pool whose members all failed.
+        let answer = send_raw(proxy.address, &hello).await;
+        assert!(
+            answer.is_empty() || answer == [21, 3, 3, 0, 2, 2, 80],
+            "{answer:?}"
+        );
     }
     assert_eq!(
         who_answers(proxy.address, "served.test", &[]).await,

@@ -98,7 +98,9 @@ async fn a_trusted_balancers_header_is_the_client_address_everywhere() {
         backend.address
     );
     // The harness's listener takes no header; a second one, added by reload, trusts loopback.
-    let mut proxy = Proxy::start(&routes).await;
+    // One worker: the stalled connection below is served before the one that must find its
+    // address taken.
+    let mut proxy = Proxy::start_one_worker(&routes).await;
     let report = proxy
         .reload_with(&format!("[[listen]]\naddress = \"127.0.0.4:0\"\nproxy_protocol = {{ trusted = [\"127.0.0.0/8\"] }}\n{routes}"))
         .await;

@@ -16,8 +16,9 @@ pub struct Timeouts {
     /// header, where one is expected). Default 10 s; past it the connection is closed (outcome
     /// `hello_timeout`).
     pub client_hello: Duration,
-    /// Backend TCP connect, DNS included. Default 5 s; past it the client gets an
-    /// `internal_error` alert (outcome `connect_timeout`).
+    /// The whole backend dial: every attempt across a pool's members, and the PROXY header's
+    /// write. Default 5 s; past it the client gets an `internal_error` alert (outcome
+    /// `connect_timeout`).
     pub connect: Duration,
     /// No byte in either direction for this long closes a spliced connection. Default 1 h.
     pub idle: Duration,
@@ -81,22 +82,7 @@ pub(super) fn timeouts(source: Source<'_>, raw: &RawTimeouts) -> Result<Timeouts
     let defaults = Timeouts::default();
     let duration = |value: &Option<Spanned<String>>, key: &str, default: Duration| match value {
         None => Ok(default),
-        Some(value) => match humantime::parse_duration(value.get_ref()) {
-            Ok(duration) if !duration.is_zero() => Ok(duration),
-            Ok(_) => Err(source.at(
-                value,
-                format!("timeouts.{key}"),
-                "expected a duration above zero",
-            )),
-            Err(_) => Err(source.at(
-                value,
-                format!("timeouts.{key}"),
-                format!(
-                    "expected a duration like \"10s\" or \"500ms\", found {}",
-                    quoted(value.get_ref())
-                ),
-            )),
-        },
+        Some(value) => duration(source, value, format!("timeouts.{key}")),
     };
     Ok(Timeouts {
         client_hello: duration(&raw.client_hello, "client_hello", defaults.client_hello)?,
@@ -105,6 +91,26 @@ pub(super) fn timeouts(source: Source<'_>, raw: &RawTimeouts) -> Result<Timeouts
         drain: duration(&raw.drain, "drain", defaults.drain)?,
         proxy_header: duration(&raw.proxy_header, "proxy_header", defaults.proxy_header)?,
     })
+}
+
+/// A humane duration above zero (`"10s"`, `"500ms"`), or a fault at `key`.
+pub(super) fn duration(
+    source: Source<'_>,
+    value: &Spanned<String>,
+    key: String,
+) -> Result<Duration, ConfigError> {
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err(source.at(value, key, "expected a duration above zero")),
+        Err(_) => Err(source.at(
+            value,
+            key,
+            format!(
+                "expected a duration like \"10s\" or \"500ms\", found {}",
+                quoted(value.get_ref())
+            ),
+        )),
+    }
 }
 
 pub(super) fn limits(source: Source<'_>, raw: &RawLimits) -> Result<Limits, ConfigError> {

@@ -10,6 +10,7 @@
 mod error;
 mod limits;
 mod listen;
+mod pool;
 mod raw;
 mod route;
 
@@ -19,8 +20,9 @@ use error::Source;
 pub use error::{quoted, ConfigError};
 pub use limits::{Limits, Timeouts};
 pub use listen::{Listen, ListenKey, Protocol};
+pub use pool::{Backend, Balance, Check, Health, Member, Pool, MAX_MEMBERS};
 use raw::RawConfig;
-pub use route::{Backend, Route, Target, Terminate, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
+pub use route::{Route, Target, Terminate, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]

@@ -1,9 +1,8 @@
 //! The serde mirror of routes.toml: every table refuses unknown keys, and values a later check
 //! may reject keep their span so the error can name the line.
 //!
-//! Keys that a later release builds are accepted here as any value, so that
-//! [`super::Config::from_raw`] can refuse them by name ("not supported yet") instead of serde
-//! calling them unknown.
+//! A pool's `backends` are kept as TOML values: each is a string or a table, parsed by
+//! `pool.rs` so a fault names the entry.
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
@@ -70,8 +69,9 @@ pub(super) struct RawRoute {
     pub name: Option<Spanned<String>>,
     pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
     pub backend: Option<Spanned<String>>,
-    pub backends: Option<Spanned<Value>>,
-    pub balance: Option<Spanned<Value>>,
+    pub backends: Option<Spanned<Vec<Spanned<Value>>>>,
+    pub balance: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<RawTerminate>>,
     pub backend_tls: Option<Spanned<RawBackendTls>>,
@@ -82,8 +82,9 @@ pub(super) struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDefault {
     pub backend: Option<Spanned<String>>,
-    pub backends: Option<Spanned<Value>>,
-    pub balance: Option<Spanned<Value>>,
+    pub backends: Option<Spanned<Vec<Spanned<Value>>>>,
+    pub balance: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
     pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<RawTerminate>>,
     pub backend_tls: Option<Spanned<RawBackendTls>>,
@@ -97,6 +98,20 @@ pub(super) struct RawTerminate {
     pub key: Spanned<String>,
     pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
     pub client_ca: Option<Spanned<String>>,
+}
+
+/// `health = { check, interval, timeout, rise, fall, server_name, ca }`: active checks of a
+/// route's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub check: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub server_name: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 /// `backend_tls = { ca, server_name, alpn_to_backend }`: a terminate route re-encrypts.

@@ -1,20 +1,19 @@
 //! `[[route]]` and `[default]`: what a ClientHello is matched on (name, ALPN) and the
-//! [`Target`] it is sent to (backend, PROXY header, TLS mode). The match part stays in the
+//! [`Target`] it is sent to (pool of backends, PROXY header, TLS mode). The match part stays in the
 //! route; the target is shared behind an `Arc`, so it can grow a pool and state that outlive a
 //! reload. Overlapping routes are refused here. SPEC "routes.toml", "Matching".
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName as ServerNameTls;
-use toml::{Spanned, Value};
+use toml::Spanned;
 
 use super::error::{quoted, ConfigError, Source};
+use super::pool::{self, Backend, Pool, RawPool};
 use super::raw::{RawBackendTls, RawDefault, RawRoute, RawTerminate};
-use crate::name::{NamePattern, ServerName};
+use crate::name::NamePattern;
 use crate::proxy_protocol::Version;
 use crate::terminate::{self, BackendTls, TerminateFiles};
 
@@ -43,10 +42,8 @@ pub struct Route {
 /// route is chosen.
 #[derive(Debug)]
 pub struct Target {
-    /// Where the connection goes.
-    pub backend: Backend,
-    /// Where routes.toml names the backend (line, column), for faults found after loading.
-    pub backend_position: (usize, usize),
+    /// The backends, their balance and their health checks.
+    pub pool: Pool,
     /// The PROXY protocol header sent to the backend before the client's bytes, if any.
     pub proxy_protocol: Option<Version>,
     /// `None`: passthrough (the hello and everything after it go to the backend unchanged);
@@ -66,70 +63,26 @@ pub struct Terminate {
     pub backend_tls: Option<BackendTls>,
 }
 
-/// A backend address: an IP and port, or a host name resolved at connect time.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// An IP address and port.
-    Addr(SocketAddr),
-    /// A host name (resolved on each connect) and port.
-    Host(ServerName, u16),
-}
-
-impl Backend {
-    fn parse(raw: &str) -> Result<Self, String> {
-        if let Ok(addr) = raw.parse() {
-            return Ok(Self::Addr(addr));
-        }
-        let expected = || format!("expected host:port, found {}", quoted(raw));
-        let (host, port) = raw.rsplit_once(':').ok_or_else(expected)?;
-        let port: u16 = port.parse().map_err(|_| expected())?;
-        if port == 0 || host.contains(':') {
-            return Err(expected());
-        }
-        let host = ServerName::parse(host.as_bytes())
-            .map_err(|error| format!("{}: {error}", expected()))?;
-        Ok(Self::Host(host, port))
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Addr(addr) => write!(formatter, "{addr}"),
-            Self::Host(host, port) => write!(formatter, "{host}:{port}"),
-        }
-    }
-}
-
-fn unsupported(
-    source: Source<'_>,
-    table: &str,
-    key: &str,
-    value: &Option<Spanned<Value>>,
-) -> Result<(), ConfigError> {
-    match value {
-        Some(value) => Err(source.at(value, format!("{table}.{key}"), "not supported yet")),
-        None => Ok(()),
-    }
-}
-
 /// The keys a route and `[default]` share: where the traffic goes.
 struct RawTargetRef<'a> {
-    backend: &'a Option<Spanned<String>>,
+    pool: RawPool<'a>,
     proxy_protocol: &'a Option<Spanned<String>>,
     terminate: &'a Option<Spanned<RawTerminate>>,
     backend_tls: &'a Option<Spanned<RawBackendTls>>,
-    unsupported: [(&'static str, &'a Option<Spanned<Value>>); 2],
 }
 
 impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
     fn from(raw: &'a RawRoute) -> Self {
         Self {
-            backend: &raw.backend,
+            pool: RawPool {
+                backend: &raw.backend,
+                backends: &raw.backends,
+                balance: &raw.balance,
+                health: &raw.health,
+            },
             proxy_protocol: &raw.proxy_protocol,
             terminate: &raw.terminate,
             backend_tls: &raw.backend_tls,
-            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
         }
     }
 }
@@ -137,11 +90,15 @@ impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
 impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     fn from(raw: &'a RawDefault) -> Self {
         Self {
-            backend: &raw.backend,
+            pool: RawPool {
+                backend: &raw.backend,
+                backends: &raw.backends,
+                balance: &raw.balance,
+                health: &raw.health,
+            },
             proxy_protocol: &raw.proxy_protocol,
             terminate: &raw.terminate,
             backend_tls: &raw.backend_tls,
-            unsupported: [("backends", &raw.backends), ("balance", &raw.balance)],
         }
     }
 }
@@ -153,16 +110,9 @@ fn target(
     key: &str,
     table: Range<usize>,
     target: RawTargetRef<'_>,
+    sni: Option<&NamePattern>,
 ) -> Result<Arc<Target>, ConfigError> {
-    for (name, value) in target.unsupported {
-        unsupported(source, key, name, value)?;
-    }
-    let raw_backend = target
-        .backend
-        .as_ref()
-        .ok_or_else(|| source.error(table, key, "missing key `backend`"))?;
-    let backend = Backend::parse(raw_backend.get_ref())
-        .map_err(|message| source.at(raw_backend, format!("{key}.backend"), message))?;
+    let pool = pool::pool(source, key, table, target.pool, sni)?;
     let proxy_protocol = match target.proxy_protocol {
         None => None,
         Some(version) => match version.get_ref().as_str() {
@@ -191,12 +141,11 @@ fn target(
             key,
             raw.get_ref(),
             backend_tls.as_ref(),
-            &backend,
+            &pool,
         )?),
     };
     Ok(Arc::new(Target {
-        backend,
-        backend_position: source.line_column(raw_backend.span().start),
+        pool,
         proxy_protocol,
         terminate,
     }))
@@ -210,7 +159,7 @@ fn terminate(
     route: &str,
     raw: &RawTerminate,
     backend_tls: Option<&Spanned<RawBackendTls>>,
-    backend: &Backend,
+    pool: &Pool,
 ) -> Result<Terminate, ConfigError> {
     let table = format!("{route}.terminate");
     let files = TerminateFiles {
@@ -227,7 +176,7 @@ fn terminate(
     let server = terminate::server_config(&files)
         .map_err(|error| source.file_fault(error, &table, &named))?;
     let backend_tls = backend_tls
-        .map(|raw_tls| upstream_tls(source, route, raw_tls, backend, &files.alpn))
+        .map(|raw_tls| upstream_tls(source, route, raw_tls, pool, &files.alpn))
         .transpose()?;
     Ok(Terminate {
         files,
@@ -236,17 +185,33 @@ fn terminate(
     })
 }
 
-/// `backend_tls`: whom the backend's certificate must chain to, the name it must carry (default:
-/// the backend's host or IP), and with `alpn_to_backend` the protocols `offered` to clients.
+/// `backend_tls`: whom the backends' certificates must chain to, the name they must carry
+/// (default: the backend's host or IP; a pool of several needs it named unless its members share
+/// one host), and with `alpn_to_backend` the protocols `offered` to clients.
 fn upstream_tls(
     source: Source<'_>,
     route: &str,
     spanned: &Spanned<RawBackendTls>,
-    backend: &Backend,
+    pool: &Pool,
     offered: &[Box<[u8]>],
 ) -> Result<BackendTls, ConfigError> {
     let raw = spanned.get_ref();
     let table = format!("{route}.backend_tls");
+    let backend = &pool.members[0].backend;
+    let shared_host = pool
+        .members
+        .iter()
+        .all(|member| match (&member.backend, backend) {
+            (Backend::Host(host, _), Backend::Host(first, _)) => host == first,
+            _ => false,
+        });
+    if raw.server_name.is_none() && pool.members.len() > 1 && !shared_host {
+        return Err(source.at(
+            spanned,
+            format!("{table}.server_name"),
+            "needed for a pool whose backends don't share one host name",
+        ));
+    }
     let server_name = match (&raw.server_name, backend) {
         (Some(name), _) => ServerNameTls::try_from(name.get_ref().clone()).map_err(|_| {
             source.at(
@@ -328,7 +293,7 @@ pub(super) fn route_from_raw(
         Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
         None => Vec::new(),
     };
-    let target = target(source, &key, spanned.span(), raw.into())?;
+    let target = target(source, &key, spanned.span(), raw.into(), Some(&sni))?;
     let name = match &raw.name {
         Some(name) => {
             let text = name.get_ref();
@@ -371,7 +336,13 @@ pub(super) fn default_from_raw(
     source: Source<'_>,
     spanned: &Spanned<RawDefault>,
 ) -> Result<Route, ConfigError> {
-    let target = target(source, "default", spanned.span(), spanned.get_ref().into())?;
+    let target = target(
+        source,
+        "default",
+        spanned.span(),
+        spanned.get_ref().into(),
+        None,
+    )?;
     Ok(Route {
         name: DEFAULT_ROUTE_NAME.to_owned(),
         sni: None,

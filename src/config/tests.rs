@@ -49,7 +49,7 @@ fn faults_name_file_line_column_and_key() {
         (format!("{LISTEN}[[route]]\nsni = \"a.test\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:14: invalid basic string, expected `\"`"),
         (format!("{route}[[route]]\nsni = \"A.test.\"\nbackend = \"127.0.0.1:2\"\n"), "routes.toml:7:7: route[1].sni: same name as route[0] (line 3)"),
         (format!("{route}sni = \"*.a.test\"\n"), "routes.toml:6:1: duplicate key"),
-        (format!("{route}bogus = 1\n"), "routes.toml:6:1: route[0].bogus: unknown key `bogus`, expected one of `sni`, `name`, `alpn`, `backend`, `backends`, `balance`, `proxy_protocol`, `terminate`, `backend_tls`"),
+        (format!("{route}bogus = 1\n"), "routes.toml:6:1: route[0].bogus: unknown key `bogus`, expected one of `sni`, `name`, `alpn`, `backend`, `backends`, `balance`, `health`, `proxy_protocol`, `terminate`, `backend_tls`"),
         (format!("{LISTEN}[[route]]\nsni = \"a.*.test\"\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:7: route[0].sni: \"a.*.test\": a wildcard must be the whole first label, as in *.example.com"),
         (format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"nowhere\"\n"), "routes.toml:5:11: route[0].backend: expected host:port, found \"nowhere\""),
         ("[[listen]]\naddress = \"localhost\"\n".to_owned(), "routes.toml:2:11: listen[0].address: expected an address like 127.0.0.1:8443 or [::1]:8443, found \"localhost\""),
@@ -76,24 +76,53 @@ fn overlapping_alpn_for_one_name_is_refused_at_the_later_route() {
 
 #[test]
 fn keys_of_later_releases_are_refused_by_name() {
-    let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n");
+    assert_eq!(
+        error_line(&format!("{LISTEN}protocol = \"quic\"\n")),
+        "routes.toml:3:12: listen[0].protocol: quic is not supported yet"
+    );
+}
+
+/// Every fault in a pool's keys is one line at the value at fault.
+#[test]
+fn pool_faults_are_located() {
+    let route = format!("{LISTEN}[[route]]\nsni = \"a.test\"\n");
     let cases = [
-        (
-            format!("{route}backends = [\"127.0.0.1:2\"]\n"),
-            "routes.toml:6:12: route[0].backends: not supported yet",
-        ),
-        (
-            format!("{route}balance = \"round_robin\"\n"),
-            "routes.toml:6:11: route[0].balance: not supported yet",
-        ),
-        (
-            format!("{LISTEN}protocol = \"quic\"\n"),
-            "routes.toml:3:12: listen[0].protocol: quic is not supported yet",
-        ),
+        (format!("{route}backend = \"127.0.0.1:1\"\nbackends = [\"127.0.0.1:2\"]\n"), "routes.toml:6:12: route[0].backends: give `backend` or `backends`, not both"),
+        (format!("{route}backends = []\n"), "routes.toml:5:12: route[0].backends: expected 1 to 256 backends, found 0"),
+        (format!("{route}backends = [\"127.0.0.1:1\", 7]\n"), "routes.toml:5:28: route[0].backends[1]: expected \"host:port\" or { address, weight }, found integer"),
+        (format!("{route}backends = [\"127.0.0.1:1\", {{ address = \"127.0.0.1:2\", weight = 0 }}]\n"), "routes.toml:5:28: route[0].backends[1]: expected a weight of 1 to 100, found 0"),
+        (format!("{route}backends = [{{ address = \"127.0.0.1:2\", wieght = 2 }}]\n"), "routes.toml:5:13: route[0].backends[0]: unknown key `wieght`, expected `address` or `weight`"),
+        (format!("{route}backends = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n"), "routes.toml:5:28: route[0].backends[1]: 127.0.0.1:1 is already backends[0]"),
+        (format!("{route}backends = [\"nowhere\"]\n"), "routes.toml:5:13: route[0].backends[0]: expected host:port, found \"nowhere\""),
+        (format!("{route}backend = \"127.0.0.1:1\"\nbalance = \"random\"\n"), "routes.toml:6:11: route[0].balance: expected \"round_robin\", \"least_connections\" or \"client_hash\", found \"random\""),
+        (format!("{route}backend = \"127.0.0.1:1\"\nhealth = {{ check = \"http\" }}\n"), "routes.toml:6:20: route[0].health.check: expected \"tcp\" or \"tls\", found \"http\""),
+        (format!("{route}backend = \"127.0.0.1:1\"\nhealth = {{ interval = \"1s\", timeout = \"2s\" }}\n"), "routes.toml:6:39: route[0].health.timeout: expected at most the interval"),
+        (format!("{route}backend = \"127.0.0.1:1\"\nhealth = {{ rise = 0 }}\n"), "routes.toml:6:19: route[0].health.rise: expected 1 to 100, found 0"),
+        (format!("{route}backend = \"127.0.0.1:1\"\nhealth = {{ ca = \"ca.pem\" }}\n"), "routes.toml:6:17: route[0].health.ca: needs check = \"tls\""),
+        (format!("{route}backend = \"127.0.0.1:1\"\nhealth = {{ check = \"tls\", ca = \"missing.pem\" }}\n"), "routes.toml:6:32: route[0].health.ca: missing.pem: cannot read: No such file or directory (os error 2)"),
     ];
     for (text, expected) in cases {
         assert_eq!(error_line(&text), expected, "{text}");
     }
+}
+
+/// A pool's settings, and `check`'s view of them.
+#[test]
+fn pools_parse_with_their_defaults() {
+    let text = format!(
+        "{LISTEN}[[route]]\nsni = \"a.test\"\nbackends = [\"127.0.0.1:1\", {{ address = \"app.internal:443\", weight = 3 }}]\n\
+         balance = \"client_hash\"\nhealth = {{ check = \"tls\" }}\n\
+         [[route]]\nsni = \"*.b.test\"\nbackend = \"127.0.0.1:2\"\nhealth = {{ interval = \"1s\", fall = 1 }}\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.routes[0].target.pool.to_string(),
+        "127.0.0.1:1, app.internal:443 (weight 3); client_hash; health tls a.test every 5s, timeout 2s, rise 2, fall 3"
+    );
+    assert_eq!(
+        config.routes[1].target.pool.to_string(),
+        "127.0.0.1:2; health tcp every 1s, timeout 1s, rise 2, fall 1"
+    );
 }
 
 /// A terminate route's files are found next to routes.toml when relative; faults in its keys
@@ -162,11 +191,11 @@ fn route_names_default_to_the_pattern_and_alpn_and_must_be_unique() {
     let config = parse(&text).unwrap();
     assert_eq!(config.routes[0].name, "*.tenants.test");
     assert_eq!(
-        config.routes[0].target.backend.to_string(),
+        config.routes[0].target.pool.to_string(),
         "backend.internal:443"
     );
     assert_eq!(config.routes[1].name, "api.test/h2,http/1.1");
-    assert_eq!(config.routes[1].target.backend.to_string(), "[::1]:9003");
+    assert_eq!(config.routes[1].target.pool.to_string(), "[::1]:9003");
     assert_eq!(config.default.unwrap().name, DEFAULT_ROUTE_NAME);
 
     let twice = format!(

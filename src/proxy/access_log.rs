@@ -63,6 +63,8 @@ pub(super) struct AccessLog<'a> {
     /// The series the connection's end is counted in: its route's, or `route="none"`.
     pub(super) metrics: &'a RouteMetrics,
     pub(super) backend: Option<SocketAddr>,
+    /// Backends tried (0: none was).
+    pub(super) attempts: u8,
     /// Bytes written each way, counted by the relay as they move.
     pub(super) bytes: Counts,
     /// `sniroute_connections_active`, counted up while the record lives.
@@ -88,6 +90,7 @@ impl<'a> AccessLog<'a> {
             route: None,
             metrics: live.table.unmatched(),
             backend: None,
+            attempts: 0,
             bytes: Counts::default(),
             active: &live.metrics.active,
             ended: false,
@@ -161,6 +164,7 @@ impl<'a> AccessLog<'a> {
             Some(backend) => line.quoted("backend.addr", backend),
             None => line.str("backend.addr", "-"),
         };
+        line.u64("backend.attempts", u64::from(self.attempts));
         line.u64("bytes.to_backend", to_backend)
             .u64("bytes.to_client", to_client)
             .u64("duration_ms", elapsed.as_millis() as u64)

@@ -1,34 +1,68 @@
-//! The connect phase: dial a route's backend within `timeouts.connect`, and send it the PROXY
-//! header the route asks for. The buffered hello is replayed by the relay that follows.
+//! The connect phase: dial a route's backends, in the order the pool's balancer gives, within
+//! `timeouts.connect` for the whole dial, and send each the PROXY header the route asks for.
+//!
+//! Failover: a member that refuses, resets or doesn't answer in its share of the time (what is
+//! left of the limit, split over the members left to try) is counted against it and the next is
+//! tried, the PROXY header sent again byte for byte. A passthrough connection with another
+//! member left to try also writes the buffered hello and waits for the backend's first byte: a
+//! backend that accepts and then closes or resets without answering is failed over too (a slow
+//! one that answers after its share is kept, not abandoned). Otherwise the relay that follows
+//! replays the hello.
 //!
 //! A failure is a [`ConnectError`] that says whose fault it is: a backend that refuses, resets,
-//! doesn't resolve or doesn't answer in time is the backend's (`backend_unreachable`,
-//! `connect_timeout`); the proxy running out of its own descriptors or memory is sniroute's
-//! (`internal_error`, side `internal`), and is not counted against the backend.
+//! or doesn't answer in time is the backend's (`backend_unreachable`, `connect_timeout`); the
+//! proxy running out of its own descriptors or memory is sniroute's (`internal_error`, side
+//! `internal`), is not counted against the backend and ends the dial.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout_at, Instant};
 
-use super::{IoCause, Outcome, Side};
-use crate::config::{Backend, Timeouts};
-use crate::metrics::RouteHandles;
+use super::{ticks, IoCause, Outcome, Side};
+use crate::config::Timeouts;
+use crate::metrics::{AttemptResult, RouteHandles};
+use crate::route::{Change, Member, Plan};
 
 /// A connected backend.
 #[derive(Debug)]
 pub(super) struct Connected {
     pub(super) stream: TcpStream,
-    /// The address it was reached at (a host name's resolved address).
-    pub(super) address: Option<SocketAddr>,
+    /// The member that was reached.
+    pub(super) member: Arc<Member>,
+    /// Members tried, this one included.
+    pub(super) attempts: u8,
+    /// Whether the replay has been written (and answered) already.
+    pub(super) replayed: bool,
+}
+
+/// A dial that reached no backend.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Failed {
+    pub(super) error: ConnectError,
+    /// The last member tried, if any.
+    pub(super) member: Option<SocketAddr>,
+    /// Members tried.
+    pub(super) attempts: u8,
+}
+
+/// What each attempt sends before the backend counts as reached.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dial<'a> {
+    /// The PROXY header, written first.
+    pub(super) header: Option<&'a [u8]>,
+    /// Passthrough: the buffered hello, written (and its answer awaited) when another member is
+    /// left to try.
+    pub(super) replay: Option<&'a [u8]>,
 }
 
 /// Why a backend couldn't be reached. Small and `Copy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum ConnectError {
-    /// The backend refused, reset or was unreachable; or its name didn't resolve.
+    /// The backend refused, reset or was unreachable.
     #[error("{0}")]
     Unreachable(IoCause),
     /// No answer within `timeouts.connect`.
@@ -40,6 +74,12 @@ pub(super) enum ConnectError {
     /// Writing the PROXY header failed.
     #[error("proxy header: {0}")]
     Header(IoCause),
+    /// The backend closed or reset the connection before answering the hello.
+    #[error("closed before answering: {0}")]
+    NoAnswer(IoCause),
+    /// The pool has no address yet: its host names haven't resolved.
+    #[error("no address resolved yet")]
+    NoAddress,
 }
 
 impl ConnectError {
@@ -56,7 +96,9 @@ impl ConnectError {
     /// How the connection ends.
     pub(super) fn outcome(&self) -> Outcome {
         match self {
-            Self::Unreachable(_) => Outcome::BackendUnreachable,
+            Self::Unreachable(_) | Self::NoAnswer(_) | Self::NoAddress => {
+                Outcome::BackendUnreachable
+            }
             Self::Timeout => Outcome::ConnectTimeout,
             Self::Local(_) => Outcome::InternalError,
             Self::Header(_) => Outcome::Reset,
@@ -70,58 +112,131 @@ impl ConnectError {
             _ => Side::Backend,
         }
     }
-}
 
-/// Connects to `backend` within `timeouts.connect` and sends it `header`; records the connect's
-/// time, or a failure that is the backend's, in `metrics`.
-pub(super) async fn connect(
-    backend: &Backend,
-    header: Option<&[u8]>,
-    timeouts: &Timeouts,
-    metrics: &RouteHandles,
-) -> Result<Connected, ConnectError> {
-    let connecting = Instant::now();
-    let dialled = match timeout(timeouts.connect, dial(backend)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(error)) => Err(ConnectError::of(&error)),
-        Err(_elapsed) => Err(ConnectError::Timeout),
-    };
-    let mut stream = match dialled {
-        Ok(stream) => stream,
-        Err(error) => {
-            if error.side() == Side::Backend {
-                metrics.connect_failures.increment(1);
-            }
-            return Err(error);
-        }
-    };
-    metrics
-        .connect_duration
-        .record(connecting.elapsed().as_secs_f64());
-    let _ = stream.set_nodelay(true);
-    let address = match backend {
-        Backend::Addr(address) => Some(*address),
-        Backend::Host(..) => stream.peer_addr().ok(),
-    };
-    if let Some(header) = header {
-        // Part of the connect: bounded by its limit, and counted against the backend.
-        let written = match timeout(timeouts.connect, stream.write_all(header)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ConnectError::Header((&error).into())),
-            Err(_elapsed) => Err(ConnectError::Header(io::ErrorKind::TimedOut.into())),
-        };
-        if let Err(error) = written {
-            metrics.connect_failures.increment(1);
-            return Err(error);
+    fn result(&self) -> AttemptResult {
+        match self {
+            Self::Timeout => AttemptResult::Timeout,
+            Self::Header(_) | Self::NoAnswer(_) => AttemptResult::Reset,
+            _ => AttemptResult::Unreachable,
         }
     }
-    Ok(Connected { stream, address })
 }
 
-async fn dial(backend: &Backend) -> io::Result<TcpStream> {
-    match backend {
-        Backend::Addr(address) => TcpStream::connect(address).await,
-        Backend::Host(host, port) => TcpStream::connect((host.as_str(), *port)).await,
+/// Tries `plan`'s members in order until one is reached, all within `timeouts.connect`;
+/// records each attempt against its member and a successful connect's time in `metrics`.
+pub(super) async fn connect(
+    plan: &Plan,
+    dial: Dial<'_>,
+    timeouts: &Timeouts,
+    metrics: &RouteHandles,
+) -> Result<Connected, Failed> {
+    let started = Instant::now();
+    let deadline = started + timeouts.connect;
+    let mut failed = Failed {
+        error: ConnectError::NoAddress,
+        member: None,
+        attempts: 0,
+    };
+    for (tried, member) in plan.iter().enumerate() {
+        let now = Instant::now();
+        if now >= deadline {
+            failed.error = ConnectError::Timeout;
+            break;
+        }
+        let left = (plan.len() - tried) as u32;
+        let probe = match dial.replay {
+            Some(replay) if left > 1 => Some(replay),
+            _ => None,
+        };
+        failed.member = Some(member.address);
+        failed.attempts = tried as u8 + 1;
+        match attempt(
+            member.address,
+            dial.header,
+            probe,
+            now + (deadline - now) / left,
+        )
+        .await
+        {
+            Ok(stream) => {
+                member.handles().attempt(AttemptResult::Ok);
+                note(member, member.succeeded());
+                metrics
+                    .connect_duration
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(Connected {
+                    stream,
+                    member: Arc::clone(member),
+                    attempts: failed.attempts,
+                    replayed: probe.is_some(),
+                });
+            }
+            Err(error) => {
+                failed.error = error;
+                if error.side() != Side::Backend {
+                    break;
+                }
+                member.handles().attempt(error.result());
+                note(member, member.failed(ticks()));
+            }
+        }
+    }
+    Err(failed)
+}
+
+/// One member: connect, send the header, and with `probe` the hello, waiting for the first
+/// byte of the answer; all by `deadline`, except that an answer still pending then is taken as
+/// a slow backend's, not a dead one's.
+async fn attempt(
+    address: SocketAddr,
+    header: Option<&[u8]>,
+    probe: Option<&[u8]>,
+    deadline: Instant,
+) -> Result<TcpStream, ConnectError> {
+    let mut stream = match timeout_at(deadline, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(ConnectError::of(&error)),
+        Err(_elapsed) => return Err(ConnectError::Timeout),
+    };
+    let _ = stream.set_nodelay(true);
+    if let Some(header) = header {
+        match timeout_at(deadline, stream.write_all(header)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(ConnectError::Header((&error).into())),
+            Err(_elapsed) => return Err(ConnectError::Header(io::ErrorKind::TimedOut.into())),
+        }
+    }
+    let Some(replay) = probe else {
+        return Ok(stream);
+    };
+    match timeout_at(deadline, stream.write_all(replay)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(ConnectError::NoAnswer((&error).into())),
+        Err(_elapsed) => return Err(ConnectError::Timeout),
+    }
+    match timeout_at(deadline, stream.peek(&mut [0u8; 1])).await {
+        Ok(Ok(0)) => Err(ConnectError::NoAnswer(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Err(error)) => Err(ConnectError::NoAnswer((&error).into())),
+        Ok(Ok(_)) | Err(_) => Ok(stream),
+    }
+}
+
+/// Logs a member's change of availability (rare: once per ejection or recovery).
+fn note(member: &Member, change: Option<Change>) {
+    match change {
+        None => {}
+        Some(Change::Down(Some(ms))) => tracing::warn!(
+            route = member.route(),
+            backend.addr = %member.address,
+            ejected_ms = ms,
+            "backend ejected after failed connects"
+        ),
+        Some(Change::Down(None)) => {}
+        Some(Change::Up) => tracing::info!(
+            route = member.route(),
+            backend.addr = %member.address,
+            "backend back in rotation"
+        ),
     }
 }
 

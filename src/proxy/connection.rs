@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::access_log::{AccessLog, Cause};
-use super::connect::{self, ConnectError, Connected};
+use super::connect::{self, ConnectError, Connected, Dial, Failed};
 use super::context::{ConnectionSlot, ListenerContext, ReplayedHello, Shared};
 use super::relay::{self, Activity, Counted};
 use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
@@ -30,6 +30,7 @@ use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
 use crate::config::{Route, Target, Terminate};
 use crate::proxy_protocol::{self, Addresses, Tlvs};
+use crate::route::{Open, Pool};
 
 /// How a connection ended: its outcome, whose doing, and why.
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +130,8 @@ enum Next<'s> {
         backend: TcpStream,
         /// The hello's random, noted while the connection is open to see a routing loop.
         _noted: ReplayedHello<'s>,
+        /// Counts the connection as open to its backend.
+        _open: Open,
     },
 }
 
@@ -193,6 +196,10 @@ async fn sniff_and_route<'a, 's>(
     log.route = Some(route);
     let origin = client.origin();
     let target = &*route.target;
+    // Set with the route.
+    let Some(pool) = decision.pool else {
+        return Next::Done(Ending::new(Outcome::InternalError, Side::Internal));
+    };
     match &target.terminate {
         None => {
             let (server_name, offer) = log.offer();
@@ -202,19 +209,34 @@ async fn sniff_and_route<'a, 's>(
                 ssl: None,
             };
             let header = proxy_header(target, origin, &client.socket, tlvs);
-            // Boxed: a pending hello's future holds only the sniff's state, not the dial's.
-            match Box::pin(dial(live, target, header.as_deref(), log)).await {
-                Ok(backend) => {
-                    // Noted before the replay goes out, for as long as the connection is open:
-                    // if this hello comes back, it is the proxy's own.
-                    let noted = shared.replayed.note(random_prefix);
-                    let mut backend = backend.stream;
-                    match replay_to(&mut backend, replay, live).await {
+            // Noted before the replay goes out, for as long as the connection is open: if this
+            // hello comes back, it is the proxy's own.
+            let noted = shared.replayed.note(random_prefix);
+            let dialled = {
+                let dial = Dial {
+                    header: header.as_deref(),
+                    replay: Some(&replay.bytes),
+                };
+                // Boxed: a pending hello's future holds only the sniff's state, not the dial's.
+                Box::pin(self::dial(live, pool, dial, log)).await
+            };
+            match dialled {
+                Ok(connected) => {
+                    let mut backend = connected.stream;
+                    let written = if connected.replayed {
+                        let written = replay.bytes.len() as u64;
+                        drop(replay);
+                        Ok(written)
+                    } else {
+                        replay_to(&mut backend, replay, live).await
+                    };
+                    match written {
                         Ok(written) => {
                             log.bytes.to_backend.fetch_add(written, Ordering::Relaxed);
                             Next::Relay {
                                 backend,
                                 _noted: noted,
+                                _open: connected.member.open(),
                             }
                         }
                         Err(ending) => Next::Done(ending),
@@ -230,7 +252,7 @@ async fn sniff_and_route<'a, 's>(
         Some(terminate) => Next::Done(
             Box::pin(terminated(
                 &mut client.socket,
-                route,
+                (route, pool),
                 terminate,
                 origin,
                 replay,
@@ -243,29 +265,38 @@ async fn sniff_and_route<'a, 's>(
     }
 }
 
-/// Connects to `target`'s backend, noting in the log the address tried.
+/// Connects to one of `pool`'s members, noting in the log the member reached (or last tried)
+/// and how many were tried.
 async fn dial(
     live: &Live,
-    target: &Target,
-    header: Option<&[u8]>,
+    pool: &Pool,
+    dial: Dial<'_>,
     log: &mut AccessLog<'_>,
 ) -> Result<Connected, Ending> {
-    if let crate::config::Backend::Addr(address) = target.backend {
-        log.backend = Some(address);
+    let plan = pool.plan(log.client.ip(), super::ticks());
+    match plan.panic_changed {
+        Some(true) => tracing::warn!(
+            route = pool.route(),
+            "every backend is down: trying them all"
+        ),
+        Some(false) => tracing::info!(route = pool.route(), "a backend is up again"),
+        None => {}
     }
-    match connect::connect(
-        &target.backend,
-        header,
-        &live.timeouts,
-        log.metrics.handles(),
-    )
-    .await
-    {
+    match connect::connect(&plan, dial, &live.timeouts, log.metrics.handles()).await {
         Ok(connected) => {
-            log.backend = connected.address;
+            log.backend = Some(connected.member.address);
+            log.attempts = connected.attempts;
             Ok(connected)
         }
-        Err(error) => Err(error.into()),
+        Err(Failed {
+            error,
+            member,
+            attempts,
+        }) => {
+            log.backend = member;
+            log.attempts = attempts;
+            Err(error.into())
+        }
     }
 }
 
@@ -274,7 +305,7 @@ async fn dial(
 #[allow(clippy::too_many_arguments)]
 async fn terminated<'a>(
     socket: &mut TcpStream,
-    route: &'a Route,
+    (route, pool): (&'a Route, &Pool),
     terminate: &'a Terminate,
     origin: Origin,
     replay: Replay<'_>,
@@ -314,8 +345,12 @@ async fn terminated<'a>(
         ssl: client_tls.as_ref().map(ClientTls::ssl),
     };
     let header = proxy_header(target, origin, client.get_ref().0, tlvs);
-    let backend = match dial(live, target, header.as_deref(), log).await {
-        Ok(backend) => backend.stream,
+    let dial = Dial {
+        header: header.as_deref(),
+        replay: None,
+    };
+    let (backend, _open) = match self::dial(live, pool, dial, log).await {
+        Ok(connected) => (connected.stream, connected.member.open()),
         Err(ending) => {
             // The handshake is done: a close_notify is the alert left to send.
             let _ = timeout(alert::LINGER, client.shutdown()).await;

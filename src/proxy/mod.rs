@@ -6,11 +6,12 @@
 //! accept.rs      a worker's accept loop: connection cap, accept errors, one tracked task each
 //! connection.rs  one connection's life: sniff → route → connect → relay, or terminate
 //! sniff.rs       ClientStream: PROXY header and ClientHello in, Sniffed or SniffError out
-//! connect.rs     dial the backend, send the PROXY header; ConnectError
+//! connect.rs     dial the pool's members in turn, send the PROXY header; ConnectError
 //! tls.rs         terminate routes: rustls handshakes with the client and the backend
 //! relay.rs       userspace copy both ways, idle timer, half-close
 //! splice.rs      Linux zero-copy: splice(2) through pooled pipes
 //! alert.rs       a fatal alert, then a lingering close
+//! pools.rs       off the path: health checks, host-name resolution
 //! access_log.rs  the one line per connection, and its end in the route's series
 //! ```
 //!
@@ -25,6 +26,7 @@ mod alert;
 mod connect;
 mod connection;
 mod context;
+pub mod pools;
 mod relay;
 mod sniff;
 #[cfg(target_os = "linux")]
@@ -72,6 +74,17 @@ impl std::fmt::Display for IoCause {
     }
 }
 
+/// Milliseconds since the process first asked, plus one: the clock pools are given (see
+/// [`crate::route::Pool`]).
+pub(crate) fn ticks() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
 /// What connections accepted now use: the route table and the limits of one config.
 /// Swapped whole on reload; a connection keeps the one it was accepted with.
 #[derive(Debug)]
@@ -87,10 +100,10 @@ pub struct Live {
 }
 
 impl Live {
-    /// The live state for `config`.
-    pub fn new(config: &Config) -> Self {
+    /// The live state for `config`, keeping the backends' state of `previous`.
+    pub fn new(config: &Config, previous: Option<&Live>) -> Self {
         Self {
-            table: RouteTable::new(config),
+            table: RouteTable::new(config, previous.map(|live| &live.table)),
             timeouts: config.timeouts,
             limits: config.limits,
             metrics: ConnectionMetrics::new(),

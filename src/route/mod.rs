@@ -5,8 +5,16 @@
 //! lookup, wildcards one hash lookup per label of the name (longest suffix first), so a table of
 //! any size costs the same per hello. SPEC "Matching".
 
+mod pool;
+
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+
+pub use pool::{
+    rendezvous, smooth_schedule, Change, Member, Members, Open, Plan, Pool, EJECTION_BASE_MS,
+    EJECTION_MAX_MS, EJECT_AFTER, MAX_ATTEMPTS,
+};
 
 use crate::config::{Config, Route};
 use crate::hello::Alpn;
@@ -17,14 +25,21 @@ use crate::name::{NamePattern, ServerName};
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    /// Each route's series, by index in `routes`.
-    metrics: Vec<RouteMetrics>,
+    /// Each route's series and pool, by index in `routes`.
+    state: Vec<RouteState>,
     exact: HashMap<Box<str>, Candidates>,
     /// Keyed by the suffix with its leading dot (`.tenants.example.com`).
     wildcards: HashMap<Box<str>, Candidates>,
-    default: Option<(Route, RouteMetrics)>,
+    default: Option<(Route, RouteState)>,
     /// The series of connections that match no route.
     unmatched: RouteMetrics,
+}
+
+/// What a route has beside its config: its series and its pool's live state.
+#[derive(Debug)]
+struct RouteState {
+    metrics: RouteMetrics,
+    pool: Arc<Pool>,
 }
 
 /// The routes sharing one pattern: those with an `alpn` list (in file order) and at most one
@@ -42,6 +57,8 @@ pub struct Decision<'a> {
     pub route: Option<&'a Route>,
     /// The route's series (those of `route="none"` without one).
     pub metrics: &'a RouteMetrics,
+    /// The route's backends.
+    pub pool: Option<&'a Arc<Pool>>,
     /// Why.
     pub reason: Reason<'a>,
 }
@@ -67,8 +84,10 @@ pub enum Reason<'a> {
 }
 
 impl RouteTable {
-    /// Indexes `config`'s routes. The config has already refused routes that tie.
-    pub fn new(config: &Config) -> Self {
+    /// Indexes `config`'s routes. The config has already refused routes that tie. Each
+    /// route's pool keeps the state (health, resolved addresses) of the pool of the same name in
+    /// `previous`, the table a reload replaces.
+    pub fn new(config: &Config, previous: Option<&RouteTable>) -> Self {
         let mut exact: HashMap<Box<str>, Candidates> = HashMap::new();
         let mut wildcards: HashMap<Box<str>, Candidates> = HashMap::new();
         for (index, route) in config.routes.iter().enumerate() {
@@ -83,18 +102,27 @@ impl RouteTable {
                 candidates.with_alpn.push(index);
             }
         }
-        let metrics_of =
-            |route: &Route| RouteMetrics::new(&route.name, &route.target.backend.to_string());
+        let previous: HashMap<&str, &Pool> = previous
+            .map(|table| table.pools().map(|pool| (pool.route(), &**pool)).collect())
+            .unwrap_or_default();
+        let state_of = |route: &Route| RouteState {
+            metrics: RouteMetrics::new(&route.name),
+            pool: Arc::new(Pool::new(
+                &route.name,
+                &route.target.pool,
+                previous.get(route.name.as_str()).copied(),
+            )),
+        };
         Self {
             routes: config.routes.clone(),
-            metrics: config.routes.iter().map(metrics_of).collect(),
+            state: config.routes.iter().map(state_of).collect(),
             exact,
             wildcards,
             default: config
                 .default
                 .as_ref()
-                .map(|route| (route.clone(), metrics_of(route))),
-            unmatched: RouteMetrics::new(NO_ROUTE, "-"),
+                .map(|route| (route.clone(), state_of(route))),
+            unmatched: RouteMetrics::new(NO_ROUTE),
         }
     }
 
@@ -143,21 +171,24 @@ impl RouteTable {
     fn decision<'a>(&'a self, index: usize, reason: Reason<'a>) -> Decision<'a> {
         Decision {
             route: Some(&self.routes[index]),
-            metrics: &self.metrics[index],
+            metrics: &self.state[index].metrics,
+            pool: Some(&self.state[index].pool),
             reason,
         }
     }
 
     fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
         match &self.default {
-            Some((route, metrics)) => Decision {
+            Some((route, state)) => Decision {
                 route: Some(route),
-                metrics,
+                metrics: &state.metrics,
+                pool: Some(&state.pool),
                 reason,
             },
             None => Decision {
                 route: None,
                 metrics: &self.unmatched,
+                pool: None,
                 reason,
             },
         }
@@ -166,6 +197,14 @@ impl RouteTable {
     /// The series of connections that match no route (`route="none"`).
     pub fn unmatched(&self) -> &RouteMetrics {
         &self.unmatched
+    }
+
+    /// Every route's pool, in file order, then `[default]`'s.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.state
+            .iter()
+            .chain(self.default.as_ref().map(|(_, state)| state))
+            .map(|state| &state.pool)
     }
 
     /// Every route, in file order, then `[default]`.

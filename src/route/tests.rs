@@ -6,7 +6,10 @@ use super::*;
 
 fn table(routes: &str) -> RouteTable {
     let text = format!("[[listen]]\naddress = \"127.0.0.1:1\"\n{routes}");
-    RouteTable::new(&Config::parse(Path::new("routes.toml"), &text).unwrap())
+    RouteTable::new(
+        &Config::parse(Path::new("routes.toml"), &text).unwrap(),
+        None,
+    )
 }
 
 fn route(name: &str, sni: &str, alpn: &str) -> String {

@@ -1,0 +1,267 @@
+//! The pools' background work, off every connection's path: active health checks, and the
+//! resolution of backend host names (SPEC "Behaviour on the wire").
+//!
+//! Each table's work runs on tracked tasks until the table is replaced (a reload starts the new
+//! table's and stops the old one's; members that stay keep their health, which lives in the
+//! member) or the server stops.
+//!
+//! Host names are resolved with hickory-resolver, reading the system's resolv.conf and hosts
+//! file as getaddrinfo would, because it returns each answer's TTL: a name is resolved again
+//! when its answer expires (clamped to [`MIN_REFRESH`]..[`MAX_REFRESH`]). Where the system
+//! config can't be read, the system resolver (getaddrinfo, on tokio's blocking pool) is used
+//! and names are resolved every [`FALLBACK_REFRESH`]. A failed resolution keeps the last good
+//! addresses, is logged and counted, and is retried after [`MIN_REFRESH`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Check, Health};
+use crate::metrics as series;
+use crate::name::ServerName;
+use crate::route::{Change, Member, Pool, RouteTable};
+
+/// The shortest time an answer is kept, whatever its TTL; also the retry after a failure.
+pub const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// The longest time an answer is kept, whatever its TTL.
+pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// How often names are resolved again when the resolver gives no TTL.
+pub const FALLBACK_REFRESH: Duration = Duration::from_secs(30);
+/// One resolution's limit.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves backend host names.
+#[derive(Clone)]
+pub struct Resolver(Option<Arc<TokioResolver>>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self.0 {
+            Some(_) => "Resolver(dns)",
+            None => "Resolver(system)",
+        })
+    }
+}
+
+impl Resolver {
+    /// The system's DNS config (resolv.conf, hosts file), or getaddrinfo where it can't be read.
+    pub fn system() -> Self {
+        let built = TokioResolver::builder_tokio().and_then(|builder| builder.build());
+        match built {
+            Ok(resolver) => Self(Some(Arc::new(resolver))),
+            Err(error) => {
+                tracing::warn!(%error, "can't read the system's DNS config: backend host names are resolved with getaddrinfo, every 30s");
+                Self(None)
+            }
+        }
+    }
+
+    /// `host`'s addresses with `port`, and how long they may be kept.
+    async fn resolve(
+        &self,
+        host: &ServerName,
+        port: u16,
+    ) -> Result<(Vec<SocketAddr>, Duration), String> {
+        let Some(resolver) = &self.0 else {
+            let addresses = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|error| error.to_string())?;
+            return Ok((addresses.collect(), FALLBACK_REFRESH));
+        };
+        // A final dot: the name as written, not tried under resolv.conf's search domains first.
+        let lookup = resolver
+            .lookup_ip(format!("{}.", host.as_str()))
+            .await
+            .map_err(|error| error.to_string())?;
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        let addresses = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        Ok((addresses, ttl))
+    }
+}
+
+/// How long an answer with this TTL is kept.
+pub fn refresh_after(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_REFRESH, MAX_REFRESH)
+}
+
+/// Resolves, once, every host name of `table` that has no addresses yet (a new route, or the
+/// first start), all at once and within `limit`: so a table doesn't start serving with pools
+/// that are empty only because nobody asked yet.
+pub async fn resolve_new(table: &RouteTable, resolver: &Resolver, limit: Duration) {
+    let mut lookups = JoinSet::new();
+    for pool in table.pools() {
+        for (index, host, port) in pool.hosts() {
+            if pool.is_resolved(index) {
+                continue;
+            }
+            let (pool, host, resolver) = (pool.clone(), host.clone(), resolver.clone());
+            lookups.spawn(async move {
+                resolve_into(&pool, index, &host, port, &resolver).await;
+            });
+        }
+    }
+    let _ = timeout(limit, async {
+        while lookups.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// Starts `table`'s background work on `tracker`; it runs until the returned token is
+/// cancelled.
+pub fn start(table: &RouteTable, resolver: &Resolver, tracker: &TaskTracker) -> CancellationToken {
+    let stop = CancellationToken::new();
+    for pool in table.pools() {
+        if let Some(health) = pool.health() {
+            tracker.spawn(checks(pool.clone(), health.clone(), stop.clone()));
+        }
+        for (index, host, port) in pool.hosts() {
+            let (pool, host, resolver, stop) =
+                (pool.clone(), host.clone(), resolver.clone(), stop.clone());
+            tracker.spawn(async move {
+                stop.run_until_cancelled(resolutions(pool, index, host, port, resolver))
+                    .await;
+            });
+        }
+    }
+    stop
+}
+
+/// Keeps host entry `index` of `pool` resolved.
+async fn resolutions(
+    pool: Arc<Pool>,
+    index: usize,
+    host: ServerName,
+    port: u16,
+    resolver: Resolver,
+) {
+    loop {
+        let wait = resolve_into(&pool, index, &host, port, &resolver).await;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Resolves host entry `index` of `pool` once; returns when to do it again.
+async fn resolve_into(
+    pool: &Pool,
+    index: usize,
+    host: &ServerName,
+    port: u16,
+    resolver: &Resolver,
+) -> Duration {
+    let count = |result: &'static str| {
+        metrics::counter!(series::BACKEND_RESOLUTIONS, "route" => pool.route().to_owned(), "host" => format!("{host}:{port}"), "result" => result)
+            .increment(1);
+    };
+    let resolved = match timeout(RESOLVE_TIMEOUT, resolver.resolve(host, port)).await {
+        Ok(Ok((addresses, _))) if addresses.is_empty() => Err("no addresses".to_owned()),
+        Ok(resolved) => resolved,
+        Err(_elapsed) => Err("no answer in time".to_owned()),
+    };
+    match resolved {
+        Ok((addresses, ttl)) => {
+            count("ok");
+            let shown = addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            if pool.set_resolved(index, addresses) {
+                tracing::info!(route = pool.route(), host = %host, addresses = %shown, "backend host name resolved");
+            }
+            refresh_after(ttl)
+        }
+        Err(error) => {
+            count("failed");
+            tracing::warn!(route = pool.route(), host = %host, %error, "can't resolve a backend host name; its last addresses stay");
+            MIN_REFRESH
+        }
+    }
+}
+
+/// Checks every member of `pool` each interval (jittered), feeding the results to the members.
+async fn checks(pool: Arc<Pool>, health: Health, stop: CancellationToken) {
+    // Spread the pools' checks over the interval, and over time each pool's.
+    let mut seed = (Arc::as_ptr(&pool) as u64) ^ super::ticks();
+    let mut jitter = move |span: Duration| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        span.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64)
+    };
+    let mut wait = jitter(health.interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let mut running = JoinSet::new();
+        for member in pool.members().iter() {
+            let (member, check) = (member.clone(), health.check.clone());
+            running.spawn(async move {
+                let passed = timeout(health.timeout, check_once(member.address, &check))
+                    .await
+                    .unwrap_or(false);
+                (member, passed)
+            });
+        }
+        while let Some(done) = tokio::select! {
+            () = stop.cancelled() => return,
+            done = running.join_next() => done,
+        } {
+            let Ok((member, passed)) = done else { continue };
+            member.handles().checked(passed);
+            note(&member, member.checked(passed, health.rise, health.fall));
+        }
+        wait = health.interval + jitter(health.interval / 10);
+    }
+}
+
+/// One check of the backend at `address`.
+async fn check_once(address: SocketAddr, check: &Check) -> bool {
+    let Ok(stream) = TcpStream::connect(address).await else {
+        return false;
+    };
+    match check {
+        Check::Tcp => true,
+        Check::Tls {
+            server_name,
+            client,
+        } => {
+            let name = server_name
+                .clone()
+                .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(ip(address.ip())));
+            tokio_rustls::TlsConnector::from(client.clone())
+                .connect(name, stream)
+                .await
+                .is_ok()
+        }
+    }
+}
+
+fn ip(ip: IpAddr) -> rustls::pki_types::IpAddr {
+    rustls::pki_types::IpAddr::from(ip)
+}
+
+/// Logs a check's change of a member's state.
+fn note(member: &Member, change: Option<Change>) {
+    match change {
+        Some(Change::Down(_)) => tracing::warn!(
+            route = member.route(),
+            backend.addr = %member.address,
+            "backend failed its health checks: out of rotation"
+        ),
+        Some(Change::Up) => tracing::info!(
+            route = member.route(),
+            backend.addr = %member.address,
+            "backend passed its health checks: back in rotation"
+        ),
+        None => {}
+    }
+}
