@@ -58,6 +58,9 @@ enum Command {
         /// A protocol the hello offers in ALPN, in the client's order; repeat for several.
         #[arg(long, value_name = "PROTO")]
         alpn: Vec<String>,
+        /// The client's address: shows the backend `client_hash` picks for it.
+        #[arg(long, value_name = "ADDR")]
+        client: Option<std::net::IpAddr>,
     },
     /// Parse a captured ClientHello (raw TLS records from FILE, or stdin) and print what the
     /// peeker sees.
@@ -97,7 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(serve(&args.config, &config, args.workers))?;
         }
         Some(Command::Check) => check(&args.config)?,
-        Some(Command::Explain { sni, alpn }) => explain(&args.config, sni.as_deref(), &alpn)?,
+        Some(Command::Explain { sni, alpn, client }) => {
+            explain(&args.config, sni.as_deref(), &alpn, client)?
+        }
         Some(Command::Peek { file }) => peek(file.as_deref())?,
         Some(Command::Demo) => {
             let _flush_logs_at_exit = init_logging(args.log_format)?;
@@ -304,6 +309,16 @@ fn check(path: &Path) -> anyhow::Result<()> {
             .collect();
         writeln!(out, "  {}", cells.join("  ").trim_end())?;
     }
+    let pools: Vec<(&str, String)> = in_match_order(&config)
+        .into_iter()
+        .filter_map(|route| Some((route.name.as_str(), route.target.pool.settings()?)))
+        .collect();
+    if !pools.is_empty() {
+        writeln!(out, "pools:")?;
+        for (name, settings) in pools {
+            writeln!(out, "  {name}: {settings}")?;
+        }
+    }
     if config.default.is_none() {
         writeln!(out, "no [default]: hellos without a name or with an unknown one get an unrecognized_name alert")?;
     }
@@ -364,7 +379,12 @@ fn alpn_list(route: &Route) -> String {
     protocols.join(",")
 }
 
-fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()> {
+fn explain(
+    path: &Path,
+    sni: Option<&str>,
+    alpn: &[String],
+    client: Option<std::net::IpAddr>,
+) -> anyhow::Result<()> {
     let config = config::load(path)?;
     // As the proxy reads a hello: an IP address in server_name is no name at all.
     let ip_literal = sni.is_some_and(|sni| crate::name::is_ip_literal(sni.as_bytes()));
@@ -403,6 +423,12 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
         Some(route) => {
             writeln!(out, "route    {} (line {})", route.name, route.line)?;
             writeln!(out, "backend  {}", route.target.pool)?;
+            if let Some(settings) = route.target.pool.settings() {
+                writeln!(out, "pool     {settings}")?;
+            }
+            if let (Some(client), Some(pool)) = (client, decision.pool) {
+                writeln!(out, "client   {}", picked(pool, client))?;
+            }
             writeln!(out, "tls      {}", tls_mode(route))?;
             match decision.reason {
                 Reason::NoServerName | Reason::NoMatch => {
@@ -417,6 +443,32 @@ fn explain(path: &Path, sni: Option<&str>, alpn: &[String]) -> anyhow::Result<()
         }
     }
     emit(&out)
+}
+
+/// What `explain --client` says of a pool: the member `client_hash` picks for `client`, with
+/// every member up (host names are not resolved here).
+fn picked(pool: &crate::route::Pool, client: std::net::IpAddr) -> String {
+    let config = pool.members();
+    let unresolved = match pool.hosts().next() {
+        Some(_) => " (of the addresses; host names resolve only when sniroute runs)",
+        None => "",
+    };
+    match (pool.balance(), pool.plan(client, 1).iter().next()) {
+        (config::Balance::ClientHash, Some(member)) => {
+            format!(
+                "{client} goes to {} while it is up{unresolved}",
+                member.address
+            )
+        }
+        (config::Balance::ClientHash, None) => {
+            format!("{client}: the pool's host names resolve only when it runs")
+        }
+        (balance, _) if config.len() > 1 => format!(
+            "{client} goes to whichever member {} gives next",
+            balance.as_str()
+        ),
+        (_, _) => format!("{client} goes to the pool's one member"),
+    }
 }
 
 /// Reads the capture a chunk at a time, feeding the peeker as it goes, and stops at its verdict

@@ -6,7 +6,7 @@ mod support;
 use sniroute::hello::synth::{frame, ClientHelloBuilder};
 use support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 const INTERNAL_ERROR: u8 = 80;
 const UNEXPECTED_MESSAGE: u8 = 10;
@@ -38,36 +38,8 @@ async fn a_dead_backend_gets_internal_error_and_the_proxy_keeps_serving() {
 
 #[tokio::test]
 async fn a_backend_that_never_accepts_times_out_with_internal_error() {
-    // A listener with a backlog of one that never accepts: once its queue is full the kernel
-    // drops further SYNs, so a connect waits until the proxy's connect timeout.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let stuck = socket.listen(1).unwrap();
-    let address = stuck.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let filler = TcpSocket::new_v4().unwrap();
-        if let Ok(Ok(stream)) = tokio::time::timeout(
-            std::time::Duration::from_millis(100),
-            filler.connect(address),
-        )
-        .await
-        {
-            fillers.push(stream);
-        }
-    }
-    // The premise: the queue is full, so one more connect goes unanswered. A kernel that queued
-    // SYNs differently would make this test meaningless: say so rather than pass or hang.
-    let probe = TcpSocket::new_v4().unwrap();
-    assert!(
-        tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            probe.connect(address)
-        )
-        .await
-        .is_err(),
-        "the stuck backend answered a connect: its queue is not full on this kernel"
-    );
+    let stuck = StuckBackend::start().await;
+    let address = stuck.address;
     // An idle limit too, so a connect that did succeed ends the exchange (and fails the
     // assertion) instead of waiting out the hang guard.
     let proxy = Proxy::start(&format!("[timeouts]\nconnect = \"100ms\"\nidle = \"2s\"\n[[route]]\nsni = \"stuck.test\"\nbackend = \"{address}\"\n")).await;
@@ -251,12 +223,6 @@ async fn connections_over_the_limit_are_closed_at_once_and_others_resume() {
 }
 
 /// Connects to `proxy` from `source` (any 127/8 address is this machine's loopback).
-async fn connect_from(source: &str, proxy: std::net::SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(proxy).await.unwrap()
-}
-
 #[tokio::test]
 async fn one_address_with_too_many_pending_hellos_is_refused_while_others_are_served() {
     let mut backend = Recording::start("served").await;

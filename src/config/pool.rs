@@ -135,7 +135,7 @@ impl Balance {
 }
 
 impl fmt::Display for Pool {
-    /// `check`'s and `explain`'s view: the members, then the balance and health settings.
+    /// The members, as `check` and `explain` show them.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (index, member) in self.members.iter().enumerate() {
             if index > 0 {
@@ -146,8 +146,17 @@ impl fmt::Display for Pool {
                 write!(formatter, " (weight {})", member.weight)?;
             }
         }
-        if self.members.len() > 1 {
-            write!(formatter, "; {}", self.balance.as_str())?;
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// The balance (for several members) and the health checks, as `check` and `explain` show
+    /// them; `None` for one member without checks.
+    pub fn settings(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.members.len() > 1 || matches!(self.members[0].backend, Backend::Host(..)) {
+            parts.push(self.balance.as_str().to_owned());
         }
         if let Some(health) = &self.health {
             let check = match &health.check {
@@ -155,19 +164,18 @@ impl fmt::Display for Pool {
                 Check::Tls {
                     server_name: Some(name),
                     ..
-                } => format!("tls {}", name.to_str()),
-                Check::Tls { .. } => "tls (no name)".to_owned(),
+                } => format!("tls offering {}", name.to_str()),
+                Check::Tls { .. } => "tls offering no name".to_owned(),
             };
-            write!(
-                formatter,
-                "; health {check} every {}, timeout {}, rise {}, fall {}",
+            parts.push(format!(
+                "health {check} every {}, timeout {}, rise {}, fall {}",
                 humantime::format_duration(health.interval),
                 humantime::format_duration(health.timeout),
                 health.rise,
                 health.fall
-            )?;
+            ));
         }
-        Ok(())
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 }
 
@@ -211,14 +219,16 @@ pub(super) fn pool(
             "round_robin" => Balance::RoundRobin,
             "least_connections" => Balance::LeastConnections,
             "client_hash" => Balance::ClientHash,
-            other => return Err(source.at(
-                value,
-                format!("{key}.balance"),
-                format!(
+            other => {
+                return Err(source.at(
+                    value,
+                    format!("{key}.balance"),
+                    format!(
                     "expected \"round_robin\", \"least_connections\" or \"client_hash\", found {}",
                     quoted(other)
                 ),
-            )),
+                ))
+            }
         },
     };
     let health = raw

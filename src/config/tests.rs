@@ -115,13 +115,26 @@ fn pools_parse_with_their_defaults() {
          [[route]]\nsni = \"*.b.test\"\nbackend = \"127.0.0.1:2\"\nhealth = {{ interval = \"1s\", fall = 1 }}\n"
     );
     let config = parse(&text).unwrap();
+    let pools: Vec<(String, Option<String>)> = config
+        .routes
+        .iter()
+        .map(|route| (route.target.pool.to_string(), route.target.pool.settings()))
+        .collect();
     assert_eq!(
-        config.routes[0].target.pool.to_string(),
-        "127.0.0.1:1, app.internal:443 (weight 3); client_hash; health tls a.test every 5s, timeout 2s, rise 2, fall 3"
-    );
-    assert_eq!(
-        config.routes[1].target.pool.to_string(),
-        "127.0.0.1:2; health tcp every 1s, timeout 1s, rise 2, fall 1"
+        pools,
+        [
+            (
+                "127.0.0.1:1, app.internal:443 (weight 3)".to_owned(),
+                Some(
+                    "client_hash; health tls offering a.test every 5s, timeout 2s, rise 2, fall 3"
+                        .to_owned()
+                )
+            ),
+            (
+                "127.0.0.1:2".to_owned(),
+                Some("health tcp every 1s, timeout 1s, rise 2, fall 1".to_owned())
+            ),
+        ]
     );
 }
 

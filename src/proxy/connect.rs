@@ -117,6 +117,8 @@ impl ConnectError {
         match self {
             Self::Timeout => AttemptResult::Timeout,
             Self::Header(_) | Self::NoAnswer(_) => AttemptResult::Reset,
+            // Accepted, then reset before the connect was seen to complete.
+            Self::Unreachable(cause) if cause.is_reset() => AttemptResult::Reset,
             _ => AttemptResult::Unreachable,
         }
     }

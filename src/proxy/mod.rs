@@ -50,6 +50,13 @@ pub(crate) struct IoCause {
     kind: std::io::ErrorKind,
 }
 
+impl IoCause {
+    /// The peer reset the connection (it had accepted it).
+    pub(crate) fn is_reset(&self) -> bool {
+        self.kind == std::io::ErrorKind::ConnectionReset
+    }
+}
+
 impl From<&std::io::Error> for IoCause {
     fn from(error: &std::io::Error) -> Self {
         Self {

@@ -138,6 +138,11 @@ impl Pool {
         &self.route
     }
 
+    /// How a connection's member is picked.
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
     /// Active checks, if the route has them.
     pub fn health(&self) -> Option<&Health> {
         self.health.as_ref()

@@ -109,6 +109,14 @@ impl Proxy {
         }
     }
 
+    /// Where `GET /metrics` is served (the config must have `[metrics]`).
+    pub fn metrics(&self) -> SocketAddr {
+        self.reloads
+            .borrow()
+            .metrics
+            .expect("[metrics] in the test config")
+    }
+
     /// A routes.toml with the proxy's one `:0` listener and `routes`.
     pub fn config_text(routes: &str) -> String {
         format!("[[listen]]\naddress = \"127.0.0.1:0\"\n{routes}")
@@ -349,6 +357,92 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
             Ok(read) => received.extend_from_slice(&chunk[..read]),
         }
     }
+}
+
+/// An address where connects are refused: a socket bound but not listening holds the port, so
+/// no other test's listener can take it meanwhile.
+pub fn refusing() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
+/// A backend that never answers a SYN: a listener with a backlog of one that never accepts, its
+/// queue filled, so the kernel drops further SYNs and a connect waits for its timeout.
+pub struct StuckBackend {
+    pub address: SocketAddr,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl StuckBackend {
+    pub async fn start() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let filler = tokio::net::TcpSocket::new_v4().unwrap();
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_millis(100), filler.connect(address)).await
+            {
+                fillers.push(stream);
+            }
+        }
+        // The premise: the queue is full, so one more connect goes unanswered. A kernel that
+        // queued SYNs differently would make the tests meaningless: say so rather than pass or
+        // hang.
+        let probe = tokio::net::TcpSocket::new_v4().unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), probe.connect(address))
+                .await
+                .is_err(),
+            "the stuck backend answered a connect: its queue is not full on this kernel"
+        );
+        Self {
+            address,
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// A connection to `proxy` from loopback address `source` (any of 127.0.0.0/8).
+pub async fn connect_from(source: &str, proxy: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+/// Waits until `GET /metrics` shows a line starting with `series` (name and labels) with value
+/// `value`, and returns it. Metrics change with no event to wait on, so this polls, under the
+/// hang guard.
+pub async fn wait_for_metric(address: SocketAddr, series: &str, value: &str) {
+    let wanted = format!("{series} {value}");
+    let mut last = String::new();
+    let waited = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            last = scrape(address, "/metrics").await;
+            if last.lines().any(|line| line == wanted) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if waited.is_err() {
+        let name = series.split('{').next().unwrap_or(series);
+        let seen: Vec<&str> = last.lines().filter(|line| line.starts_with(name)).collect();
+        panic!("hung: waiting for {wanted}, last seen {seen:?}");
+    }
+}
+
+/// The value of `series` (name and labels) in a `/metrics` page; 0 when it isn't there.
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
 }
 
 /// `GET path` on a metrics address; the whole HTTP response.
