@@ -209,6 +209,8 @@ struct Name {
     reply: String,
     hello: Vec<u8>,
     backend: SocketAddr,
+    /// `backend` and three more answering the same way: the `sniroute-pool4` column's pool.
+    pool: [SocketAddr; 4],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +236,7 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
         Kind::Sniroute,
         Kind::SnirouteBaseline,
         Kind::SnirouteLogOff,
+        Kind::SniroutePool,
         Kind::Haproxy,
         Kind::Nginx,
     ] {
@@ -244,7 +247,7 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
         }
         if matches!(
             kind,
-            Kind::Sniroute | Kind::SnirouteBaseline | Kind::SnirouteLogOff
+            Kind::Sniroute | Kind::SnirouteBaseline | Kind::SnirouteLogOff | Kind::SniroutePool
         ) || installed(kind.label())
         {
             targets.push(Target::start(&bench, kind).await);
@@ -409,6 +412,12 @@ async fn start_backends() -> anyhow::Result<Vec<Name>> {
         ("down", Role::Source),
     ] {
         let backend = serve(role, label).await?;
+        let pool = [
+            backend,
+            serve(role, label).await?,
+            serve(role, label).await?,
+            serve(role, label).await?,
+        ];
         let host = format!("{label}.bench.test");
         let hello = client_hello(&host)?;
         let reply = label.to_owned();
@@ -417,6 +426,7 @@ async fn start_backends() -> anyhow::Result<Vec<Name>> {
             reply,
             hello,
             backend,
+            pool,
         });
     }
     Ok(names)
@@ -510,6 +520,8 @@ enum Kind {
     SnirouteLogOff,
     /// Another sniroute build (`--baseline`), log on.
     SnirouteBaseline,
+    /// sniroute with each name sent to a round-robin pool of 4 backends, log on.
+    SniroutePool,
     Haproxy,
     Nginx,
 }
@@ -521,6 +533,7 @@ impl Kind {
             Kind::Sniroute => "sniroute",
             Kind::SnirouteLogOff => "sniroute-log-off",
             Kind::SnirouteBaseline => "sniroute-baseline",
+            Kind::SniroutePool => "sniroute-pool4",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
@@ -657,13 +670,29 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let routes = bench.names.iter().map(|name| (&name.host, name.backend));
     let (command, tree) = match kind {
-        Kind::Sniroute | Kind::SnirouteLogOff | Kind::SnirouteBaseline => {
+        Kind::Sniroute | Kind::SnirouteLogOff | Kind::SnirouteBaseline | Kind::SniroutePool => {
             let mut text = sniroute_header(listen);
-            for (host, backend) in routes {
-                write!(
-                    text,
-                    "\n[[route]]\nsni = \"{host}\"\nbackend = \"{backend}\"\n"
-                )?;
+            for name in bench.names.iter() {
+                let host = &name.host;
+                match kind {
+                    Kind::SniroutePool => {
+                        let members: Vec<String> = name
+                            .pool
+                            .iter()
+                            .map(|member| format!("\"{member}\""))
+                            .collect();
+                        write!(
+                            text,
+                            "\n[[route]]\nsni = \"{host}\"\nbackends = [{}]\n",
+                            members.join(", ")
+                        )?
+                    }
+                    _ => write!(
+                        text,
+                        "\n[[route]]\nsni = \"{host}\"\nbackend = \"{}\"\n",
+                        name.backend
+                    )?,
+                }
             }
             let binary = match (kind, &bench.baseline) {
                 (Kind::SnirouteBaseline, Some(baseline)) => baseline.clone(),

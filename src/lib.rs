@@ -11,15 +11,18 @@
 //! name            ServerName, NamePattern, IP literals                       → –
 //! hello/          records → handshake (assembler fed (offset, bytes)) →
 //!                 parse (ClientHello, ECH) → ja4 (transport a parameter)     → name
-//! config/         routes.toml: raw serde mirror → listen, limits, route      → name, terminate
+//! config/         routes.toml: raw serde mirror → listen, limits, route,
+//!                 pool (backend/backends, balance, health)                   → name, terminate
 //! outcome         Outcome, Side: how a connection ended                      → –
 //! log             the log's writer thread: batched, bounded, never blocks    → –
 //! metrics         series names, descriptions, per-route handles              → outcome, log
-//! route           RouteTable::lookup(sni, alpn) -> Decision                  → config, hello, name, metrics
+//! route/          RouteTable::lookup(sni, alpn) -> Decision; pool: members,
+//!                 balancers, health and ejection state (time passed in)      → config, hello, name, metrics
 //! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges                 → –
 //! terminate       PEM loading, rustls configs per terminate route            → –
-//! proxy/          context, accept, connection (sniff → connect → relay,
-//!                 or tls), splice, alert, access_log                         → hello, route, config, metrics,
+//! proxy/          context, accept, connection (sniff → connect (failover) →
+//!                 relay, or tls), splice, alert, access_log; pools (health
+//!                 checks, host-name resolution, off the path)                → hello, route, config, metrics,
 //!                                                                              proxy_protocol, terminate
 //! admin           the metrics address: GET /metrics                          → metrics, proxy
 //! watch           the config file and its symlink chain                      → –
