@@ -265,3 +265,17 @@ fn note(member: &Member, change: Option<Change>) {
         None => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer is kept for its TTL, within bounds: a zero TTL doesn't make a busy loop, a TTL
+    /// of days doesn't pin a stale address.
+    #[test]
+    fn answers_are_kept_for_their_ttl_within_bounds() {
+        assert_eq!(refresh_after(Duration::ZERO), MIN_REFRESH);
+        assert_eq!(refresh_after(Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(refresh_after(Duration::from_secs(86_400)), MAX_REFRESH);
+    }
+}
