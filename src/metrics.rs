@@ -28,7 +28,8 @@ pub const CONNECTIONS_CLOSED: &str = "sniroute_connections_closed_total";
 pub const CLIENT_HELLO_BYTES: &str = "sniroute_client_hello_bytes";
 /// Time from accept to a complete ClientHello.
 pub const CLIENT_HELLO_DURATION: &str = "sniroute_client_hello_duration_seconds";
-/// Backend TCP connect time, by route (successful connects).
+/// Time to reach a backend, by route (successful dials: failovers included, and for a pool the
+/// wait for the backend's first byte).
 pub const BACKEND_CONNECT_DURATION: &str = "sniroute_backend_connect_duration_seconds";
 /// Backend connects that failed or timed out, by route and backend.
 pub const BACKEND_CONNECT_FAILURES: &str = "sniroute_backend_connect_failures_total";
@@ -126,7 +127,7 @@ fn describe() {
     describe_histogram!(
         BACKEND_CONNECT_DURATION,
         Unit::Seconds,
-        "Backend TCP connect time, by route."
+        "Time to reach a backend (failovers included), by route."
     );
     describe_counter!(
         BACKEND_CONNECT_FAILURES,

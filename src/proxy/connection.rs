@@ -218,7 +218,7 @@ async fn sniff_and_route<'a, 's>(
                     replay: Some(&replay.bytes),
                 };
                 // Boxed: a pending hello's future holds only the sniff's state, not the dial's.
-                Box::pin(self::dial(live, pool, dial, log)).await
+                Box::pin(reach(live, pool, dial, log)).await
             };
             match dialled {
                 Ok(connected) => {
@@ -267,7 +267,7 @@ async fn sniff_and_route<'a, 's>(
 
 /// Connects to one of `pool`'s members, noting in the log the member reached (or last tried)
 /// and how many were tried.
-async fn dial(
+async fn reach(
     live: &Live,
     pool: &Pool,
     dial: Dial<'_>,
@@ -349,7 +349,7 @@ async fn terminated<'a>(
         header: header.as_deref(),
         replay: None,
     };
-    let (backend, _open) = match self::dial(live, pool, dial, log).await {
+    let (backend, _open) = match reach(live, pool, dial, log).await {
         Ok(connected) => (connected.stream, connected.member.open()),
         Err(ending) => {
             // The handshake is done: a close_notify is the alert left to send.

@@ -275,7 +275,10 @@ mod tests {
     #[test]
     fn answers_are_kept_for_their_ttl_within_bounds() {
         assert_eq!(refresh_after(Duration::ZERO), MIN_REFRESH);
-        assert_eq!(refresh_after(Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(
+            refresh_after(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
         assert_eq!(refresh_after(Duration::from_secs(86_400)), MAX_REFRESH);
     }
 }
