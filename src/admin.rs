@@ -1,6 +1,8 @@
-//! The admin endpoint on the `[metrics]` address: `GET /metrics` in the Prometheus text format.
-//! One short request per connection, bounded in size and time; accept errors back off like the
-//! proxy's listeners, so running out of descriptors never makes it spin.
+//! The admin endpoint on the `[metrics]` address: `GET /metrics` in the Prometheus text format,
+//! `GET /healthz` (200 while the process runs) and `GET /readyz` (200 while the listeners
+//! accept, 503 from the moment a drain begins, so a balancer or Kubernetes stops sending new
+//! connections). One short request per connection, bounded in size and time; accept errors back
+//! off like the proxy's listeners, so running out of descriptors never makes it spin.
 
 use std::io;
 use std::sync::Arc;
@@ -83,8 +85,9 @@ async fn scrape(
         Ok::<_, io::Error>(())
     };
     tokio::time::timeout(SCRAPE_PATIENCE, read_head).await??;
-    let (status, content_type, body) =
-        if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match requested(&head) {
+        Some("/metrics") => {
             metrics::counter!(series::LOG_LINES_DROPPED).absolute(crate::log::dropped_lines());
             metrics::gauge!(series::PENDING_HELLO_BYTES).set(shared.hello_budget.held() as f64);
             handle.run_upkeep();
@@ -93,13 +96,18 @@ async fn scrape(
                 "text/plain; version=0.0.4; charset=utf-8",
                 handle.render(),
             )
-        } else {
-            (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "try GET /metrics\n".to_owned(),
-            )
-        };
+        }
+        Some("/healthz") => ("200 OK", TEXT, "ok\n".to_owned()),
+        Some("/readyz") if shared.shutdown.draining.is_cancelled() => {
+            ("503 Service Unavailable", TEXT, "draining\n".to_owned())
+        }
+        Some("/readyz") => ("200 OK", TEXT, "ready\n".to_owned()),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try GET /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    };
     let header = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
@@ -107,4 +115,12 @@ async fn scrape(
     stream.write_all(header.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The path of a `GET` request head, without its query.
+fn requested(head: &[u8]) -> Option<&str> {
+    let line = head.strip_prefix(b"GET ")?;
+    let target = &line[..line.iter().position(|&byte| byte == b' ')?];
+    let path = target.split(|&byte| byte == b'?').next()?;
+    std::str::from_utf8(path).ok()
 }

@@ -238,12 +238,13 @@ async fn run_with_signals(server: Server) -> anyhow::Result<()> {
 
 /// Routes in the order they are tried: exact names, wildcards by longest suffix, `[default]`.
 fn in_match_order(config: &Config) -> Vec<&Route> {
-    let mut routes: Vec<&Route> = config.routes.iter().collect();
-    routes.sort_by_key(|route| match &route.sni {
-        Some(NamePattern::Exact(_)) => (0, 0, route.line),
-        Some(NamePattern::Wildcard(suffix)) => (1, usize::MAX - suffix.len(), route.line),
-        None => (2, 0, route.line),
+    let mut routes: Vec<(usize, &Route)> = config.routes.iter().enumerate().collect();
+    routes.sort_by_key(|&(index, route)| match &route.sni {
+        Some(NamePattern::Exact(_)) => (0, 0, index),
+        Some(NamePattern::Wildcard(suffix)) => (1, usize::MAX - suffix.len(), index),
+        None => (2, 0, index),
     });
+    let mut routes: Vec<&Route> = routes.into_iter().map(|(_, route)| route).collect();
     routes.extend(&config.default);
     routes
 }
@@ -279,7 +280,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
         .into_iter()
         .map(|route| {
             [
-                route.line.to_string(),
+                match &route.file {
+                    None => route.line.to_string(),
+                    Some(file) => format!("{}:{}", file.display(), route.line),
+                },
                 route.name.clone(),
                 route
                     .sni
@@ -421,7 +425,7 @@ fn explain(
     )?;
     match decision.route {
         Some(route) => {
-            writeln!(out, "route    {} (line {})", route.name, route.line)?;
+            writeln!(out, "route    {} ({})", route.name, route.place())?;
             writeln!(out, "backend  {}", route.target.pool)?;
             if let Some(settings) = route.target.pool.settings() {
                 writeln!(out, "pool     {settings}")?;

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{
-    Backend, Balance, Config, Limits, Listen, Member, Pool, Protocol, Route, Target, Timeouts,
+    Backend, Balance, Config, Http, HttpMode, Limits, Listen, Member, Pool, Protocol, Route,
+    Target, Timeouts,
 };
 use crate::hello::{HelloError, Peeker, Progress};
 use crate::name::{NamePattern, ServerName};
@@ -103,7 +104,7 @@ pub fn client_hello_rustls(data: &[u8]) {
     }
 }
 
-/// Where sniroute refuses a hello that rustls' `Acceptor` takes, and why (README "Fuzzing"):
+/// Where sniroute refuses a hello that rustls' `Acceptor` takes, and why (CONTRIBUTING.md "Fuzzing"):
 /// - in server_name, rustls stops reading at the first entry that is not a host_name and
 ///   ignores whatever follows; sniroute reads every entry (each has a 16-bit length, RFC 6066
 ///   §3), so it refuses a list that doesn't add up, and a second host_name after an entry of
@@ -174,16 +175,21 @@ pub fn route(data: &[u8]) {
             patterns.push(pattern);
         }
     }
+    let pool = Pool {
+        members: vec![Member {
+            backend: Backend::Addr(([127, 0, 0, 1], 9).into()),
+            weight: 1,
+            position: (1, 1),
+        }],
+        balance: Balance::RoundRobin,
+        health: None,
+    };
     let target = Arc::new(Target {
-        pool: Pool {
-            members: vec![Member {
-                backend: Backend::Addr(([127, 0, 0, 1], 9).into()),
-                weight: 1,
-                position: (1, 1),
-            }],
-            balance: Balance::RoundRobin,
-            health: None,
+        http: Http {
+            mode: HttpMode::Redirect,
+            pool: pool.clone(),
         },
+        pool,
         proxy_protocol: None,
         terminate: None,
     });
@@ -196,6 +202,7 @@ pub fn route(data: &[u8]) {
             alpn: Vec::new(),
             target: target.clone(),
             line,
+            file: None,
         })
         .collect();
     let config = Config {
@@ -210,12 +217,14 @@ pub fn route(data: &[u8]) {
         limits: Limits::default(),
         metrics: None,
         routes,
+        include_dirs: Vec::new(),
         default: Some(Route {
             name: "default".to_owned(),
             sni: None,
             alpn: Vec::new(),
             target,
             line: 0,
+            file: None,
         }),
     };
     let table = RouteTable::new(&config, None);
@@ -310,6 +319,38 @@ fn pattern_from(bytes: &[u8]) -> Option<NamePattern> {
         name.to_string()
     };
     NamePattern::parse(&text).ok()
+}
+
+/// Bytes into the port-80 request-head reader: fed whole or a few bytes at a time (the step
+/// taken from the first byte), the verdict is the same; a head it accepts is no longer than its
+/// input, and what a redirect would write from it (authority, target) holds no whitespace or
+/// control byte, so no response header can be split.
+pub fn http_head(data: &[u8]) {
+    use crate::http::HeadReader;
+
+    const LIMIT: usize = 4096;
+    let whole = HeadReader::new(LIMIT).feed(data);
+    let step = data.first().map_or(1, |byte| usize::from(byte % 16) + 1);
+    let mut reader = HeadReader::new(LIMIT);
+    let mut chunked = Ok(None);
+    let mut end = 0;
+    while end < data.len() {
+        end = (end + step).min(data.len());
+        chunked = reader.feed(&data[..end]);
+        if !matches!(chunked, Ok(None)) {
+            break;
+        }
+    }
+    assert_eq!(whole, chunked, "whole and chunked disagree");
+    if let Ok(Some(head)) = whole {
+        assert!(head.len <= data.len());
+        for text in [&*head.authority, &*head.target] {
+            assert!(
+                text.bytes().all(|byte| byte > b' ' && byte != 0x7f),
+                "{text:?}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

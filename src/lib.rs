@@ -11,6 +11,7 @@
 //! name            ServerName, NamePattern, IP literals                       → –
 //! hello/          records → handshake (assembler fed (offset, bytes)) →
 //!                 parse (ClientHello, ECH) → ja4 (transport a parameter)     → name
+//! http            port 80: the HTTP/1.x request head (httparse), vetted       → name
 //! config/         routes.toml: raw serde mirror → listen, limits, route,
 //!                 pool (backend/backends, balance, health)                   → name, terminate
 //! outcome         Outcome, Side: how a connection ended                      → –
@@ -24,7 +25,7 @@
 //!                 relay, or tls), splice, alert, access_log; pools (health
 //!                 checks, host-name resolution, off the path)                → hello, route, config, metrics,
 //!                                                                              proxy_protocol, terminate
-//! admin           the metrics address: GET /metrics                          → metrics, proxy
+//! admin           the metrics address: GET /metrics, /healthz, /readyz       → metrics, proxy
 //! watch           the config file and its symlink chain                      → –
 //! server          bind, live table, reload, loops refused, drain             → proxy, config, admin, watch,
 //!                                                                              workers
@@ -32,7 +33,7 @@
 //! fuzzing         (feature `testing`) the fuzz oracles                       → hello, config, route
 //! ```
 //!
-//! `name`, `hello`, `config`, `route`, `proxy_protocol` and `terminate` do no socket I/O and never
+//! `name`, `hello`, `http`, `config`, `route`, `proxy_protocol` and `terminate` do no socket I/O and never
 //! import tokio (`config` and `terminate` read files): they are what the
 //! unit tests, proptests and fuzz targets exercise directly. Test tooling (`fuzzing`,
 //! `hello::synth`) is compiled only with the `testing` feature, which the tests, the benchmark
@@ -53,6 +54,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hello;
+pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod name;

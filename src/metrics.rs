@@ -37,6 +37,8 @@ pub const BACKEND_CONNECT_FAILURES: &str = "sniroute_backend_connect_failures_to
 pub const TRANSFER_BYTES: &str = "sniroute_transfer_bytes_total";
 /// Time from accept to close, by route.
 pub const CONNECTION_DURATION: &str = "sniroute_connection_duration_seconds";
+/// Gauge: 1, labelled with the running `version`.
+pub const BUILD_INFO: &str = "sniroute_build_info";
 /// Config reloads, by result (`ok`, `error`).
 pub const CONFIG_RELOADS: &str = "sniroute_config_reloads_total";
 /// Log lines dropped because the writer thread's buffer was full (stderr too slow).
@@ -98,6 +100,11 @@ pub fn install() -> PrometheusHandle {
             // that is the embedder's choice.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Present from the start, not from the first event.
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            for result in ["ok", "error"] {
+                metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+            }
             handle
         })
         .clone()
@@ -164,6 +171,7 @@ fn describe() {
         "Background resolutions of backend host names, by route, host and result."
     );
     describe_counter!(CONFIG_RELOADS, "Config reloads, by result.");
+    describe_gauge!(BUILD_INFO, "1, labelled with the running version.");
     describe_counter!(
         LOG_LINES_DROPPED,
         "Log lines dropped because stderr could not keep up."
@@ -250,8 +258,11 @@ pub struct RouteHandles {
     pub duration: Histogram,
     /// `sniroute_backend_connect_duration_seconds`.
     pub connect_duration: Histogram,
-    /// `sniroute_connections_closed_total`, one per [`Outcome::ALL`].
-    closed: Vec<Counter>,
+    /// `sniroute_connections_closed_total`, by [`Outcome::index`]: registered with the handles
+    /// for the outcomes that can end a connection of this kind ([`Outcome::before_route`] for
+    /// `route="none"`, [`Outcome::after_route`] for a route), any other on first use.
+    closed: Vec<OnceLock<Counter>>,
+    route: metrics::SharedString,
 }
 
 impl RouteMetrics {
@@ -270,16 +281,25 @@ impl RouteMetrics {
             let transfer = |direction: &'static str| {
                 metrics::counter!(TRANSFER_BYTES, "route" => route.clone(), "direction" => direction)
             };
-            RouteHandles {
+            let unmatched = *self.route == *NO_ROUTE;
+            let handles = RouteHandles {
                 to_backend: transfer("to_backend"),
                 to_client: transfer("to_client"),
                 duration: metrics::histogram!(CONNECTION_DURATION, "route" => route.clone()),
                 connect_duration: metrics::histogram!(BACKEND_CONNECT_DURATION, "route" => route.clone()),
-                closed: Outcome::ALL
-                    .iter()
-                    .map(|outcome| metrics::counter!(CONNECTIONS_CLOSED, "route" => route.clone(), "outcome" => outcome.as_str()))
-                    .collect(),
+                closed: Outcome::ALL.iter().map(|_| OnceLock::new()).collect(),
+                route,
+            };
+            for outcome in Outcome::ALL {
+                let possible = match unmatched {
+                    true => outcome.before_route(),
+                    false => outcome.after_route(),
+                };
+                if possible {
+                    handles.closed(outcome);
+                }
             }
+            handles
         })
     }
 }
@@ -287,7 +307,9 @@ impl RouteMetrics {
 impl RouteHandles {
     /// `sniroute_connections_closed_total` for `outcome`.
     pub fn closed(&self, outcome: Outcome) -> &Counter {
-        &self.closed[outcome.index()]
+        self.closed[outcome.index()].get_or_init(|| {
+            metrics::counter!(CONNECTIONS_CLOSED, "route" => self.route.clone(), "outcome" => outcome.as_str())
+        })
     }
 }
 

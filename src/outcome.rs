@@ -51,11 +51,19 @@ pub enum Outcome {
     /// The hello was the proxy's own, replayed to a backend that led back to one of its
     /// listeners: a routing loop, closed at once.
     RoutingLoop,
+    /// Port 80: answered `308` to the https URL, no backend dialled.
+    Redirected,
+    /// Port 80: a malformed or ambiguous request head, answered `400`.
+    BadRequest,
+    /// Port 80: a request head over its limit, answered `431`.
+    HeadTooLarge,
+    /// Port 80: no complete request head within `timeouts.client_hello`, answered `408`.
+    HeadTimeout,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order ([`Outcome::index`]).
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 24] = [
         Self::Ok,
         Self::NotTls,
         Self::Sslv2,
@@ -76,11 +84,47 @@ impl Outcome {
         Self::TlsError,
         Self::InternalError,
         Self::RoutingLoop,
+        Self::Redirected,
+        Self::BadRequest,
+        Self::HeadTooLarge,
+        Self::HeadTimeout,
     ];
 
     /// This outcome's position in [`Outcome::ALL`].
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether it can end a connection before a route is chosen (`route="none"`).
+    pub fn before_route(self) -> bool {
+        !matches!(
+            self,
+            Self::Ok
+                | Self::BackendUnreachable
+                | Self::ConnectTimeout
+                | Self::IdleTimeout
+                | Self::Reset
+                | Self::TlsError
+                | Self::Redirected
+        )
+    }
+
+    /// Whether it can end a connection that has a route.
+    pub fn after_route(self) -> bool {
+        matches!(
+            self,
+            Self::Ok
+                | Self::BackendUnreachable
+                | Self::ConnectTimeout
+                | Self::IdleTimeout
+                | Self::Reset
+                | Self::Drained
+                | Self::TlsError
+                // A terminate route's handshake with the client.
+                | Self::HelloTimeout
+                | Self::InternalError
+                | Self::Redirected
+        )
     }
 
     /// The snake_case label used in logs and metrics.
@@ -106,6 +150,10 @@ impl Outcome {
             Self::TlsError => "tls_error",
             Self::InternalError => "internal_error",
             Self::RoutingLoop => "routing_loop",
+            Self::Redirected => "redirected",
+            Self::BadRequest => "bad_request",
+            Self::HeadTooLarge => "head_too_large",
+            Self::HeadTimeout => "head_timeout",
         }
     }
 }

@@ -108,11 +108,15 @@ impl Server {
             ..ReloadReport::default()
         };
         let (file_events, file_changes) = mpsc::channel(1);
+        let mut watch = ConfigWatch::start(path, file_events);
+        if let Some(watch) = &mut watch {
+            watch.set_includes(&config.include_dirs);
+        }
         let resolver = pools::Resolver::system();
         let live = Live::new(config, None);
         pools::resolve_new(&live.table, &resolver, config.timeouts.connect).await;
         Ok(Self {
-            watch: ConfigWatch::start(path, file_events),
+            watch,
             file_changes,
             path: path.to_owned(),
             listeners,
@@ -191,6 +195,7 @@ impl Server {
         }
 
         let drain = self.live.load().timeouts.drain;
+        shared.shutdown.draining.cancel();
         tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down");
         for listener in running.listeners.values() {
             listener.stop.cancel();
@@ -246,20 +251,43 @@ impl Server {
                     // table serves.
                     let live = Live::new(&config, Some(&self.live.load()));
                     pools::resolve_new(&live.table, &self.resolver, config.timeouts.connect).await;
-                    let closing = self.apply(&config, live, prepared, running);
+                    let (before, after) = (route_names(&self.live.load()), route_names(&live));
+                    let changed = Changed {
+                        routes_added: after.difference(&before).count(),
+                        routes_removed: before.difference(&after).count(),
+                        listeners_added: prepared.added.len(),
+                        listeners_removed: 0,
+                    };
+                    let (closing, listeners_removed) = self.apply(&config, live, prepared, running);
                     // Reported only once the removed listeners' sockets are closed.
                     closing.close();
                     closing.wait().await;
-                    Ok(config)
+                    Ok((
+                        config,
+                        Changed {
+                            listeners_removed,
+                            ..changed
+                        },
+                    ))
                 }
                 Err(error) => Err(error),
             },
             Err(error) => Err(error),
         };
         match result {
-            Ok(config) => {
+            Ok((config, changed)) => {
+                if let Some(watch) = &mut self.watch {
+                    watch.set_includes(&config.include_dirs);
+                }
                 metrics::counter!(series::CONFIG_RELOADS, "result" => "ok").increment(1);
-                tracing::info!(file = %self.path.display(), "config reloaded");
+                tracing::info!(
+                    file = %self.path.display(),
+                    routes_added = changed.routes_added,
+                    routes_removed = changed.routes_removed,
+                    listeners_added = changed.listeners_added,
+                    listeners_removed = changed.listeners_removed,
+                    "config reloaded"
+                );
                 let listeners = config
                     .listeners
                     .iter()
@@ -324,15 +352,16 @@ impl Server {
     /// listeners' trusted PROXY sources, the listener set (new ones already bound; those the
     /// config no longer names stop), and the metrics address.
     /// Returns a tracker of the removed listeners' accept loops, which end as they close their
-    /// sockets.
+    /// sockets, and how many were removed.
     fn apply(
         &mut self,
         config: &Config,
         live: Live,
         prepared: Prepared,
         running: &mut Running<'_>,
-    ) -> TaskTracker {
+    ) -> (TaskTracker, usize) {
         let closing = TaskTracker::new();
+        let mut removed = 0;
         running.pool_work.cancel();
         running.pool_work = pools::start(&live.table, &self.resolver, running.background);
         self.live.store(Arc::new(live));
@@ -354,6 +383,7 @@ impl Server {
                 listener.stop.cancel();
                 let loops = listener.loops.clone();
                 closing.spawn(async move { loops.wait().await });
+                removed += 1;
                 false
             }
         });
@@ -375,8 +405,25 @@ impl Server {
             }
         }
         self.shared.slots.set_max(config.limits.max_connections);
-        closing
+        (closing, removed)
     }
+}
+
+/// What an applied reload changed, for its log line.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    routes_added: usize,
+    routes_removed: usize,
+    listeners_added: usize,
+    listeners_removed: usize,
+}
+
+/// The route names of a table, `[default]` included.
+fn route_names(live: &Live) -> std::collections::HashSet<String> {
+    live.table
+        .routes()
+        .map(|route| route.name.clone())
+        .collect()
 }
 
 /// What a reload bound before applying anything.
@@ -536,7 +583,11 @@ async fn bind_listeners<T>(
             continue;
         }
         let (sockets, address) = bind(path, listen, workers, &format!("listen[{index}].address"))?;
-        let context = Arc::new(ListenerContext::new(address, listen.proxy_trusted.clone()));
+        let context = Arc::new(ListenerContext::new(
+            address,
+            listen.protocol,
+            listen.proxy_trusted.clone(),
+        ));
         listeners.push((
             listen.key(),
             Listener {

@@ -22,9 +22,12 @@ const MAX_HOPS: usize = 40;
 pub struct ConfigWatch {
     path: PathBuf,
     watcher: notify::RecommendedWatcher,
-    watched: Vec<PathBuf>,
+    /// Each directory watched, and its inode when the watch began.
+    watched: Vec<(PathBuf, Option<u64>)>,
     /// File names that matter in the watched directories: the file's and each symlink's.
     names: Arc<RwLock<HashSet<OsString>>>,
+    /// Directories of tenant files (`include`), where any change matters.
+    includes: Arc<RwLock<HashSet<PathBuf>>>,
 }
 
 impl std::fmt::Debug for ConfigWatch {
@@ -43,17 +46,22 @@ impl ConfigWatch {
     pub fn start(path: &Path, events: mpsc::Sender<()>) -> Option<Self> {
         let names = Arc::new(RwLock::new(HashSet::new()));
         let matching = names.clone();
+        let includes: Arc<RwLock<HashSet<PathBuf>>> = Arc::default();
+        let tenant_dirs = includes.clone();
         let handler = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
                 return;
             }
-            let Ok(names) = matching.read() else { return };
-            if event
-                .paths
-                .iter()
-                .any(|changed| changed.file_name().is_some_and(|name| names.contains(name)))
-            {
+            let (Ok(names), Ok(tenant_dirs)) = (matching.read(), tenant_dirs.read()) else {
+                return;
+            };
+            if event.paths.iter().any(|changed| {
+                changed.file_name().is_some_and(|name| names.contains(name))
+                    || changed
+                        .parent()
+                        .is_some_and(|dir| tenant_dirs.contains(dir))
+            }) {
                 // A full channel already holds a pending reload.
                 let _ = events.try_send(());
             }
@@ -70,32 +78,83 @@ impl ConfigWatch {
             watcher,
             watched: Vec::new(),
             names,
+            includes,
         };
         watch.refresh();
         Some(watch)
     }
 
-    /// Resolves the symlink chain again and watches what it now goes through.
+    /// Watches these directories of tenant files too (the config's `include_dirs`), instead of
+    /// the ones before; any file changing in them counts.
+    pub fn set_includes(&mut self, directories: &[PathBuf]) {
+        let resolved = directories
+            .iter()
+            .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
+            .collect();
+        if let Ok(mut includes) = self.includes.write() {
+            *includes = resolved;
+        }
+        self.refresh();
+    }
+
+    /// Resolves the symlink chain again and watches what it now goes through, and the tenant
+    /// files' directories.
     pub fn refresh(&mut self) {
-        let (directories, names) = chain(&self.path);
+        let (mut directories, names) = chain(&self.path);
+        if let Ok(includes) = self.includes.read() {
+            for directory in includes.iter() {
+                if !directories.contains(directory) {
+                    directories.push(directory.clone());
+                }
+            }
+        }
         if let Ok(mut current) = self.names.write() {
             *current = names;
         }
-        for directory in std::mem::take(&mut self.watched) {
-            let _ = self.watcher.unwatch(&directory);
+        // Only what changed is unwatched and watched again: a directory watched throughout
+        // never has a moment without its watch, when a change could go unseen. One replaced
+        // under the same path (another inode) is watched anew.
+        let wanted: Vec<(PathBuf, Option<u64>)> = directories
+            .into_iter()
+            .map(|directory| {
+                let inode = inode(&directory);
+                (directory, inode)
+            })
+            .collect();
+        for watched in std::mem::take(&mut self.watched) {
+            if wanted.contains(&watched) {
+                self.watched.push(watched);
+            } else {
+                let _ = self.watcher.unwatch(&watched.0);
+            }
         }
-        for directory in directories {
+        for (directory, inode) in wanted {
+            if self.watched.iter().any(|(known, _)| *known == directory) {
+                continue;
+            }
             match self
                 .watcher
                 .watch(&directory, notify::RecursiveMode::NonRecursive)
             {
-                Ok(()) => self.watched.push(directory),
+                Ok(()) => self.watched.push((directory, inode)),
                 Err(error) => {
                     tracing::warn!(%error, directory = %directory.display(), "cannot watch a directory of the config file; reload with SIGHUP");
                 }
             }
         }
     }
+}
+
+/// A directory's inode, to tell a directory replaced under the same path.
+#[cfg(unix)]
+fn inode(directory: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(directory).ok().map(|metadata| metadata.ino())
+}
+
+#[cfg(not(unix))]
+fn inode(_directory: &Path) -> Option<u64> {
+    None
 }
 
 /// The directories to watch for `path`, and the names that matter in them: the path's own, and

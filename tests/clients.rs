@@ -4,35 +4,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sniroute::demo::TlsBackend;
 use support::*;
 use tokio::io::AsyncWriteExt;
-
-fn installed(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-        || Command::new(tool)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-    if !found {
-        // CI installs every tool: there, a missing one is a broken CI, not a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is not installed, and CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
-    }
-    found
-}
 
 struct Setup {
     proxy: Proxy,

@@ -60,3 +60,8 @@ fn route_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", fuzzing::proxy_protocol);
 }
+
+#[test]
+fn http_head_corpus() {
+    replay("http_head", fuzzing::http_head);
+}

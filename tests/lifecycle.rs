@@ -24,10 +24,18 @@ async fn spliced(proxy: std::net::SocketAddr) -> TcpStream {
 async fn shutdown_refuses_new_connections_closes_hellos_and_lets_spliced_ones_finish() {
     let backend = echo_backend().await;
     let proxy = Proxy::start(&format!(
-        "[timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
+        "[metrics]\naddress = \"127.0.0.1:0\"\n\
+         [timeouts]\ndrain = \"1h\"\n[[route]]\nsni = \"echo.test\"\nbackend = \"{backend}\"\n"
     ))
     .await;
     let address = proxy.address;
+    let admin = proxy.metrics();
+    assert!(scrape(admin, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n"));
+    assert!(scrape(admin, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n"));
     let mut busy = spliced(address).await;
     let mut waiting = TcpStream::connect(address).await.unwrap();
     waiting.write_all(&[22, 3, 1]).await.unwrap();
@@ -37,6 +45,16 @@ async fn shutdown_refuses_new_connections_closes_hellos_and_lets_spliced_ones_fi
     assert_eq!(read_until_closed(&mut waiting).await, b"");
     // New connections are refused.
     assert!(TcpStream::connect(address).await.is_err());
+    // A balancer sees the drain at once: not ready, still alive.
+    let ready = scrape(admin, "/readyz").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{ready}"
+    );
+    assert!(ready.ends_with("\r\n\r\ndraining\n"), "{ready}");
+    assert!(scrape(admin, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200 OK\r\n"));
     // The spliced connection goes on as long as it likes within the drain time.
     busy.write_all(b"still here").await.unwrap();
     let mut echoed = [0; 10];

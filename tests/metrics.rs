@@ -164,6 +164,41 @@ async fn metrics_count_real_traffic_by_route_and_outcome() {
         assert!(line.starts_with("sniroute_"), "{line}");
     }
 
+    // Present from the start: the build, and reloads at 0 before the first.
+    assert_eq!(
+        value(
+            text,
+            "sniroute_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    for result in ["ok", "error"] {
+        assert_eq!(
+            value(text, "sniroute_config_reloads_total", &[("result", result)]),
+            0.0
+        );
+    }
+    // A route has series only for the outcomes a routed connection can have; route="none" only
+    // for those before routing.
+    assert_eq!(
+        value(
+            text,
+            "sniroute_connections_closed_total",
+            &[("route", "app.test"), ("outcome", "backend_unreachable")]
+        ),
+        0.0
+    );
+    assert!(
+        !text.contains("route=\"app.test\",outcome=\"not_tls\""),
+        "{text}"
+    );
+    assert!(!text.contains("route=\"none\",outcome=\"ok\""), "{text}");
+
+    assert!(scrape(metrics, "/healthz").await.ends_with("\r\n\r\nok\n"));
+    assert!(scrape(metrics, "/readyz")
+        .await
+        .ends_with("\r\n\r\nready\n"));
     assert!(scrape(metrics, "/other").await.starts_with("HTTP/1.1 404"));
     assert_eq!(binary.terminate().await, Some(0));
 }

@@ -267,3 +267,123 @@ async fn a_reload_adds_moves_and_removes_the_metrics_endpoint() {
     );
     proxy.shutdown().await;
 }
+
+/// Waits, reload after reload, until `name` is answered by `expected` (a file change may take
+/// more than one reload to show: the watcher sees every step of a kubelet's update).
+async fn wait_until_answered(proxy: &mut Proxy, name: &str, expected: &str) {
+    loop {
+        let before = proxy.reload_count();
+        if who_answers(proxy.address, name, &[]).await == expected {
+            return;
+        }
+        proxy.next_reload(before).await;
+    }
+}
+
+/// Tenant files (`include`): adding one starts routing its names with no signal, a broken one
+/// is refused with a line naming it while the rest keeps serving, removing it reloads again.
+#[tokio::test]
+async fn tenant_files_added_broken_and_removed_reload_without_a_signal() {
+    let a = tls_backend("a", &["a.test"]).await;
+    let b = tls_backend("b", &["b.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let tenants = root.join("routes.d");
+    std::fs::create_dir(&tenants).unwrap();
+    // Written beside, then renamed in: the watcher never sees half a file.
+    let put = |name: &str, text: &str| {
+        let staged = root.join(format!("staged-{name}"));
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, tenants.join(name)).unwrap();
+    };
+    put("a.toml", &route("a.test", a));
+    std::fs::write(
+        root.join("routes.toml"),
+        format!(
+            "include = [\"routes.d/*.toml\"]\n{}",
+            Proxy::config_text("")
+        ),
+    )
+    .unwrap();
+    let mut proxy = Proxy::start_at(dir, root.join("routes.toml")).await;
+    assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
+    assert_ne!(who_answers(proxy.address, "b.test", &[]).await, "b");
+
+    put("b.toml", &route("b.test", b));
+    wait_until_answered(&mut proxy, "b.test", "b").await;
+
+    let before = proxy.reload_count();
+    put(
+        "c.toml",
+        "[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n",
+    );
+    let report = proxy.next_reload(before).await;
+    let refused = report.refused.expect("a tenant file taking another's name");
+    assert!(
+        refused.contains("routes.d/c.toml:2:7: route[0].sni: same name as route[0] (")
+            && refused.contains("routes.d/a.toml line 1)"),
+        "{refused}"
+    );
+    assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
+    assert_eq!(who_answers(proxy.address, "b.test", &[]).await, "b");
+
+    let before = proxy.reload_count();
+    std::fs::remove_file(tenants.join("c.toml")).unwrap();
+    std::fs::remove_file(tenants.join("b.toml")).unwrap();
+    let report = proxy.next_reload(before).await;
+    assert_eq!(report.refused, None);
+    loop {
+        let before = proxy.reload_count();
+        if who_answers(proxy.address, "b.test", &[]).await != "b" {
+            break;
+        }
+        proxy.next_reload(before).await;
+    }
+    proxy.shutdown().await;
+}
+
+/// Tenant files from a second ConfigMap volume: `routes.d/a.toml -> ..data/a.toml`,
+/// `..data -> ..2026_01_01`; the kubelet adds a key by writing a new version, swapping `..data`
+/// by rename and adding the key's symlink. Hidden names (`..data`, the versions) are not tenant
+/// files.
+#[tokio::test]
+async fn tenant_files_from_a_configmap_volume_follow_its_updates() {
+    use std::os::unix::fs::symlink;
+
+    let a = tls_backend("a", &["a.test"]).await;
+    let b = tls_backend("b", &["b.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let tenants = root.join("routes.d");
+    std::fs::create_dir(&tenants).unwrap();
+    let version = |name: &str, files: &[(&str, String)]| {
+        std::fs::create_dir(tenants.join(name)).unwrap();
+        for (file, text) in files {
+            std::fs::write(tenants.join(name).join(file), text).unwrap();
+        }
+    };
+    version("..2026_01_01", &[("a.toml", route("a.test", a))]);
+    symlink("..2026_01_01", tenants.join("..data")).unwrap();
+    symlink("..data/a.toml", tenants.join("a.toml")).unwrap();
+    std::fs::write(
+        root.join("routes.toml"),
+        format!("include = [\"routes.d/*\"]\n{}", Proxy::config_text("")),
+    )
+    .unwrap();
+    let mut proxy = Proxy::start_at(dir, root.join("routes.toml")).await;
+    assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
+
+    version(
+        "..2026_01_02",
+        &[
+            ("a.toml", route("a.test", a)),
+            ("b.toml", route("b.test", b)),
+        ],
+    );
+    symlink("..2026_01_02", tenants.join("..data_tmp")).unwrap();
+    std::fs::rename(tenants.join("..data_tmp"), tenants.join("..data")).unwrap();
+    symlink("..data/b.toml", tenants.join("b.toml")).unwrap();
+    wait_until_answered(&mut proxy, "b.test", "b").await;
+    assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
+    proxy.shutdown().await;
+}

@@ -10,18 +10,20 @@ use super::error::{quoted, ConfigError, Source};
 use super::raw::RawListen;
 use crate::proxy_protocol::Cidr;
 
-/// What a listener speaks. Only TLS over TCP is served today; `quic` and `http` are refused by
-/// name ("not supported yet") until they land.
+/// What a listener speaks. `quic` is refused by name ("not supported yet") until it lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// TLS over TCP: routed by the ClientHello (the default).
     Tls,
+    /// Plaintext HTTP/1.x: routed by the request's Host (SPEC "Port 80").
+    Http,
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(match self {
             Self::Tls => "tls",
+            Self::Http => "http",
         })
     }
 }
@@ -69,7 +71,8 @@ pub(super) fn listeners(
             None => Protocol::Tls,
             Some(protocol) => match protocol.get_ref().as_str() {
                 "tls" => Protocol::Tls,
-                "quic" | "http" => {
+                "http" => Protocol::Http,
+                "quic" => {
                     return Err(source.at(
                         protocol,
                         format!("{key}.protocol"),
@@ -80,7 +83,7 @@ pub(super) fn listeners(
                     return Err(source.at(
                         protocol,
                         format!("{key}.protocol"),
-                        format!("expected \"tls\", found {}", quoted(other)),
+                        format!("expected \"tls\" or \"http\", found {}", quoted(other)),
                     ))
                 }
             },

@@ -8,19 +8,21 @@
 //! `route` (with `[default]`); `raw` mirrors the TOML, `error` locates faults. SPEC "routes.toml".
 
 mod error;
+mod include;
 mod limits;
 mod listen;
 mod pool;
 mod raw;
 mod route;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use error::Source;
 pub use error::{quoted, ConfigError};
 pub use limits::{Limits, Timeouts};
 pub use listen::{Listen, ListenKey, Protocol};
-pub use pool::{Backend, Balance, Check, Health, Member, Pool, MAX_MEMBERS};
+pub use pool::{Backend, Balance, Check, Health, Http, HttpMode, Member, Pool, MAX_MEMBERS};
 use raw::RawConfig;
 pub use route::{Route, Target, Terminate, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
 
@@ -35,8 +37,10 @@ pub struct Config {
     pub limits: Limits,
     /// Where Prometheus scrapes `GET /metrics`; `None`: no metrics.
     pub metrics: Option<Listen>,
-    /// Routes in file order.
+    /// Routes in file order: routes.toml's, then each tenant file's (`include`).
     pub routes: Vec<Route>,
+    /// The directories `include` reads tenant files from, watched like routes.toml.
+    pub include_dirs: Vec<PathBuf>,
     /// Where hellos with no name, or a name no route matches, go; `None`: they get an
     /// `unrecognized_name` alert.
     pub default: Option<Route>,
@@ -78,11 +82,57 @@ impl Config {
         let timeouts = limits::timeouts(source, &raw.timeouts)?;
         let limits = limits::limits(source, &raw.limits)?;
 
-        let mut routes = Vec::with_capacity(raw.route.len());
-        for (index, route) in raw.route.iter().enumerate() {
-            routes.push(route::route_from_raw(source, index, route)?);
+        let included = match &raw.include {
+            Some(patterns) => include::resolve(source, patterns)?,
+            None => include::Included::default(),
+        };
+        // Each tenant file read and parsed in turn; kept, as the routes' faults point into them.
+        let mut tenants = Vec::with_capacity(included.files.len());
+        for path in &included.files {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| ConfigError::file(path, format!("cannot read: {error}")))?;
+            tenants.push((Arc::<Path>::from(path.as_path()), text));
         }
-        route::check_routes(source, &raw.route, &routes)?;
+        let mut parsed = Vec::with_capacity(tenants.len());
+        for (path, text) in &tenants {
+            let line_starts = error::line_starts(text);
+            let tenant = {
+                let source = Source {
+                    file: path,
+                    text,
+                    line_starts: &line_starts,
+                };
+                toml::from_str::<raw::RawTenant>(text).map_err(|error| source.toml_error(&error))?
+            };
+            parsed.push((line_starts, tenant));
+        }
+
+        let mut routes = Vec::with_capacity(raw.route.len());
+        let mut written = Vec::with_capacity(raw.route.len());
+        for (index, route) in raw.route.iter().enumerate() {
+            routes.push(route::route_from_raw(source, index, route, None)?);
+            written.push(route::Written {
+                source,
+                raw: route,
+                index,
+            });
+        }
+        for ((path, text), (line_starts, tenant)) in tenants.iter().zip(&parsed) {
+            let source = Source {
+                file: path,
+                text,
+                line_starts,
+            };
+            for (index, route) in tenant.route.iter().enumerate() {
+                routes.push(route::route_from_raw(source, index, route, Some(path))?);
+                written.push(route::Written {
+                    source,
+                    raw: route,
+                    index,
+                });
+            }
+        }
+        route::check_routes(&written, &routes)?;
 
         let default = raw
             .default
@@ -95,6 +145,7 @@ impl Config {
             limits,
             metrics,
             routes,
+            include_dirs: included.directories,
             default,
         })
     }

@@ -179,6 +179,84 @@ impl Pool {
     }
 }
 
+/// What a route does with a request on an `http` listener (port 80).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// `308` to the same URL with `https` (the default); ACME http-01 requests are forwarded.
+    Redirect,
+    /// The connection's bytes go to the route's HTTP backends unchanged.
+    Forward,
+}
+
+/// A route's port-80 side: its mode and the backends requests are forwarded to.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `http`.
+    pub mode: HttpMode,
+    /// `http_backend`, or each of the route's backends with port 80; balanced like the route,
+    /// no active checks.
+    pub pool: Pool,
+}
+
+/// `http` and `http_backend` of the route at `key`, whose pool is `pool`.
+pub(super) fn http(
+    source: Source<'_>,
+    key: &str,
+    mode: &Option<Spanned<String>>,
+    backend: &Option<Spanned<String>>,
+    pool: &Pool,
+) -> Result<Http, ConfigError> {
+    let mode = match mode {
+        None => HttpMode::Redirect,
+        Some(value) => match value.get_ref().as_str() {
+            "redirect" => HttpMode::Redirect,
+            "forward" => HttpMode::Forward,
+            other => {
+                return Err(source.at(
+                    value,
+                    format!("{key}.http"),
+                    format!(
+                        "expected \"redirect\" or \"forward\", found {}",
+                        quoted(other)
+                    ),
+                ))
+            }
+        },
+    };
+    let members = match backend {
+        Some(one) => vec![Member {
+            backend: Backend::parse(one.get_ref())
+                .map_err(|message| source.at(one, format!("{key}.http_backend"), message))?,
+            weight: 1,
+            position: source.line_column(one.span().start),
+        }],
+        None => {
+            let mut members: Vec<Member> = Vec::with_capacity(pool.members.len());
+            for member in &pool.members {
+                let backend = match &member.backend {
+                    Backend::Addr(address) => Backend::Addr(SocketAddr::new(address.ip(), 80)),
+                    Backend::Host(host, _) => Backend::Host(host.clone(), 80),
+                };
+                if !members.iter().any(|known| known.backend == backend) {
+                    members.push(Member {
+                        backend,
+                        ..member.clone()
+                    });
+                }
+            }
+            members
+        }
+    };
+    Ok(Http {
+        mode,
+        pool: Pool {
+            members,
+            balance: pool.balance,
+            health: None,
+        },
+    })
+}
+
 /// The pool keys of a route or `[default]`, as routes.toml gives them.
 pub(super) struct RawPool<'a> {
     pub backend: &'a Option<Spanned<String>>,

@@ -10,6 +10,7 @@ use toml::{Spanned, Value};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
+    pub include: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub listen: Vec<Spanned<RawListen>>,
     #[serde(default)]
@@ -20,6 +21,14 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
     pub default: Option<Spanned<RawDefault>>,
+}
+
+/// A tenant file named by `include`: `[[route]]` tables and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTenant {
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +84,8 @@ pub(super) struct RawRoute {
     pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<RawTerminate>>,
     pub backend_tls: Option<Spanned<RawBackendTls>>,
+    pub http: Option<Spanned<String>>,
+    pub http_backend: Option<Spanned<String>>,
 }
 
 /// `[default]`: a route's target keys without `sni`, `name` or `alpn`.
@@ -88,6 +99,8 @@ pub(super) struct RawDefault {
     pub proxy_protocol: Option<Spanned<String>>,
     pub terminate: Option<Spanned<RawTerminate>>,
     pub backend_tls: Option<Spanned<RawBackendTls>>,
+    pub http: Option<Spanned<String>>,
+    pub http_backend: Option<Spanned<String>>,
 }
 
 /// `terminate = { cert, key, alpn, client_ca }`: sniroute completes the handshake itself.

@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName as ServerNameTls;
 use toml::Spanned;
 
 use super::error::{quoted, ConfigError, Source};
-use super::pool::{self, Backend, Pool, RawPool};
+use super::pool::{self, Backend, Http, Pool, RawPool};
 use super::raw::{RawBackendTls, RawDefault, RawRoute, RawTerminate};
 use crate::name::NamePattern;
 use crate::proxy_protocol::Version;
@@ -34,8 +35,20 @@ pub struct Route {
     pub alpn: Vec<Box<[u8]>>,
     /// Where a matched connection goes, and how.
     pub target: Arc<Target>,
-    /// Line of the route's table in routes.toml, for `check` and `explain`.
+    /// Line of the route's table in its file, for `check` and `explain`.
     pub line: usize,
+    /// The tenant file the route is in; `None`: routes.toml itself.
+    pub file: Option<Arc<Path>>,
+}
+
+impl Route {
+    /// Where the route is written: `line 12`, or `routes.d/a.toml line 3` for a tenant file's.
+    pub fn place(&self) -> String {
+        match &self.file {
+            None => format!("line {}", self.line),
+            Some(file) => format!("{} line {}", file.display(), self.line),
+        }
+    }
 }
 
 /// Where a route (or `[default]`) sends its traffic, and how: what the data path needs once a
@@ -44,6 +57,8 @@ pub struct Route {
 pub struct Target {
     /// The backends, their balance and their health checks.
     pub pool: Pool,
+    /// On `http` listeners: redirect, or forward to these backends.
+    pub http: Http,
     /// The PROXY protocol header sent to the backend before the client's bytes, if any.
     pub proxy_protocol: Option<Version>,
     /// `None`: passthrough (the hello and everything after it go to the backend unchanged);
@@ -66,6 +81,8 @@ pub struct Terminate {
 /// The keys a route and `[default]` share: where the traffic goes.
 struct RawTargetRef<'a> {
     pool: RawPool<'a>,
+    http: &'a Option<Spanned<String>>,
+    http_backend: &'a Option<Spanned<String>>,
     proxy_protocol: &'a Option<Spanned<String>>,
     terminate: &'a Option<Spanned<RawTerminate>>,
     backend_tls: &'a Option<Spanned<RawBackendTls>>,
@@ -80,6 +97,8 @@ impl<'a> From<&'a RawRoute> for RawTargetRef<'a> {
                 balance: &raw.balance,
                 health: &raw.health,
             },
+            http: &raw.http,
+            http_backend: &raw.http_backend,
             proxy_protocol: &raw.proxy_protocol,
             terminate: &raw.terminate,
             backend_tls: &raw.backend_tls,
@@ -96,6 +115,8 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
                 balance: &raw.balance,
                 health: &raw.health,
             },
+            http: &raw.http,
+            http_backend: &raw.http_backend,
             proxy_protocol: &raw.proxy_protocol,
             terminate: &raw.terminate,
             backend_tls: &raw.backend_tls,
@@ -113,6 +134,7 @@ fn target(
     sni: Option<&NamePattern>,
 ) -> Result<Arc<Target>, ConfigError> {
     let pool = pool::pool(source, key, table, target.pool, sni)?;
+    let http = pool::http(source, key, target.http, target.http_backend, &pool)?;
     let proxy_protocol = match target.proxy_protocol {
         None => None,
         Some(version) => match version.get_ref().as_str() {
@@ -146,6 +168,7 @@ fn target(
     };
     Ok(Arc::new(Target {
         pool,
+        http,
         proxy_protocol,
         terminate,
     }))
@@ -272,6 +295,7 @@ pub(super) fn route_from_raw(
     source: Source<'_>,
     index: usize,
     spanned: &Spanned<RawRoute>,
+    file: Option<&Arc<Path>>,
 ) -> Result<Route, ConfigError> {
     let key = format!("route[{index}]");
     let raw = spanned.get_ref();
@@ -329,6 +353,7 @@ pub(super) fn route_from_raw(
         alpn,
         target,
         line: source.line_column(spanned.span().start).0,
+        file: file.cloned(),
     })
 }
 
@@ -349,21 +374,38 @@ pub(super) fn default_from_raw(
         alpn: Vec::new(),
         target,
         line: source.line_column(spanned.span().start).0,
+        file: None,
     })
 }
 
+/// One route as written: the file it is in, its table, and its index there.
+pub(super) struct Written<'a> {
+    pub source: Source<'a>,
+    pub raw: &'a Spanned<RawRoute>,
+    pub index: usize,
+}
+
 /// Refuses two routes that could match the same ClientHello equally well (same pattern, and
-/// either both without `alpn` or with a protocol in common), and two routes with one name.
-/// Reported at the later route, naming the earlier.
-pub(super) fn check_routes(
-    source: Source<'_>,
-    raw: &[Spanned<RawRoute>],
-    routes: &[Route],
-) -> Result<(), ConfigError> {
+/// either both without `alpn` or with a protocol in common), and two routes with one name,
+/// across routes.toml and its tenant files. Reported at the later route, naming the earlier.
+pub(super) fn check_routes(written: &[Written<'_>], routes: &[Route]) -> Result<(), ConfigError> {
     let mut by_pattern: HashMap<&NamePattern, Vec<usize>> = HashMap::new();
     let mut by_name: HashMap<&str, usize> = HashMap::new();
-    for (index, route) in routes.iter().enumerate() {
+    for (at, route) in routes.iter().enumerate() {
         let Some(pattern) = &route.sni else { continue };
+        let Written { source, raw, index } = &written[at];
+        let earlier_is = |earlier: usize| {
+            let other = &written[earlier];
+            let line = routes[earlier].line;
+            match other.source.file == source.file {
+                true => format!("route[{}] (line {line})", other.index),
+                false => format!(
+                    "route[{}] ({} line {line})",
+                    other.index,
+                    other.source.file.display()
+                ),
+            }
+        };
         let same_pattern = by_pattern.entry(pattern).or_default();
         for &earlier in same_pattern.iter() {
             let other = &routes[earlier];
@@ -376,26 +418,23 @@ pub(super) fn check_routes(
             };
             if let Some(what) = tie {
                 return Err(source.at(
-                    &raw[index].get_ref().sni,
+                    &raw.get_ref().sni,
                     format!("route[{index}].sni"),
-                    format!("{what} route[{earlier}] (line {})", other.line),
+                    format!("{what} {}", earlier_is(earlier)),
                 ));
             }
         }
-        same_pattern.push(index);
-        if let Some(earlier) = by_name.insert(&route.name, index) {
-            let at = raw[index]
+        same_pattern.push(at);
+        if let Some(earlier) = by_name.insert(&route.name, at) {
+            let spot = raw
                 .get_ref()
                 .name
                 .as_ref()
-                .map_or(raw[index].get_ref().sni.span(), Spanned::span);
+                .map_or(raw.get_ref().sni.span(), Spanned::span);
             return Err(source.error(
-                at,
+                spot,
                 format!("route[{index}].name"),
-                format!(
-                    "same name \"{}\" as route[{earlier}] (line {})",
-                    route.name, routes[earlier].line
-                ),
+                format!("same name \"{}\" as {}", route.name, earlier_is(earlier)),
             ));
         }
     }

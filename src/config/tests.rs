@@ -49,7 +49,7 @@ fn faults_name_file_line_column_and_key() {
         (format!("{LISTEN}[[route]]\nsni = \"a.test\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:14: invalid basic string, expected `\"`"),
         (format!("{route}[[route]]\nsni = \"A.test.\"\nbackend = \"127.0.0.1:2\"\n"), "routes.toml:7:7: route[1].sni: same name as route[0] (line 3)"),
         (format!("{route}sni = \"*.a.test\"\n"), "routes.toml:6:1: duplicate key"),
-        (format!("{route}bogus = 1\n"), "routes.toml:6:1: route[0].bogus: unknown key `bogus`, expected one of `sni`, `name`, `alpn`, `backend`, `backends`, `balance`, `health`, `proxy_protocol`, `terminate`, `backend_tls`"),
+        (format!("{route}bogus = 1\n"), "routes.toml:6:1: route[0].bogus: unknown key `bogus`, expected one of `sni`, `name`, `alpn`, `backend`, `backends`, `balance`, `health`, `proxy_protocol`, `terminate`, `backend_tls`, `http`, `http_backend`"),
         (format!("{LISTEN}[[route]]\nsni = \"a.*.test\"\nbackend = \"127.0.0.1:1\"\n"), "routes.toml:4:7: route[0].sni: \"a.*.test\": a wildcard must be the whole first label, as in *.example.com"),
         (format!("{LISTEN}[[route]]\nsni = \"a.test\"\nbackend = \"nowhere\"\n"), "routes.toml:5:11: route[0].backend: expected host:port, found \"nowhere\""),
         ("[[listen]]\naddress = \"localhost\"\n".to_owned(), "routes.toml:2:11: listen[0].address: expected an address like 127.0.0.1:8443 or [::1]:8443, found \"localhost\""),
@@ -241,4 +241,72 @@ fn an_unreadable_file_is_named() {
 fn the_repository_example_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
     load(&path).unwrap();
+}
+
+/// `include`: tenant files in name order after routes.toml's routes, hidden and non-matching
+/// files left out; faults name the tenant file and its line, overlaps are found across files,
+/// and a tenant file holds routes only.
+#[test]
+fn tenant_files_are_routes_whose_faults_name_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("routes.d");
+    std::fs::create_dir(&tenants).unwrap();
+    let tenant = |name: &str, text: &str| std::fs::write(tenants.join(name), text).unwrap();
+    tenant(
+        "b.toml",
+        "[[route]]\nsni = \"b.test\"\nbackend = \"127.0.0.1:2\"\n",
+    );
+    tenant(
+        "a.toml",
+        "[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:1\"\n",
+    );
+    tenant(".a.toml.swp", "not toml");
+    tenant("notes.txt", "not toml");
+    let main = dir.path().join("routes.toml");
+    std::fs::write(
+        &main,
+        format!("include = [\"routes.d/*.toml\"]\n{LISTEN}[[route]]\nsni = \"main.test\"\nbackend = \"127.0.0.1:3\"\n"),
+    )
+    .unwrap();
+    let config = load(&main).unwrap();
+    let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["main.test", "a.test", "b.test"]);
+    assert_eq!(config.routes[0].place(), "line 4");
+    assert_eq!(
+        config.routes[1].place(),
+        format!("{} line 1", tenants.join("a.toml").display())
+    );
+    assert_eq!(config.include_dirs, std::slice::from_ref(&tenants));
+
+    let refused = |text: &str| {
+        tenant("c.toml", text);
+        load(&main).unwrap_err().to_string()
+    };
+    let c = tenants.join("c.toml").display().to_string();
+    assert_eq!(
+        refused("\n[[route]]\nsni = \"main.test\"\nbackend = \"127.0.0.1:4\"\n"),
+        format!(
+            "{c}:3:7: route[0].sni: same name as route[0] ({} line 4)",
+            main.display()
+        )
+    );
+    assert_eq!(
+        refused("[[route]]\nsni = \"c.test\"\nbackend = \"nowhere\"\n"),
+        format!("{c}:3:11: route[0].backend: expected host:port, found \"nowhere\"")
+    );
+    assert_eq!(
+        refused("[[listen]]\naddress = \"127.0.0.1:1\"\n"),
+        format!("{c}:1:3: listen: unknown key `listen`, expected `route`")
+    );
+    std::fs::remove_file(tenants.join("c.toml")).unwrap();
+
+    std::fs::write(&main, format!("include = [\"missing/*.toml\"]\n{LISTEN}")).unwrap();
+    let error = load(&main).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "{}:1:12: include[0]: cannot read directory",
+            main.display()
+        )),
+        "{error}"
+    );
 }

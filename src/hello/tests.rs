@@ -50,7 +50,7 @@ fn content(mut hello: ClientHello) -> ClientHello {
     hello
 }
 
-/// Every hello in `tests/data/hello/` that the peeker accepts (README "Captured hellos"): file,
+/// Every hello in `tests/data/hello/` that the peeker accepts (CONTRIBUTING.md "Captured hellos"): file,
 /// server name, ALPN, records.
 const CAPTURES: &[(&str, Option<&str>, &str, usize)] = &[
     ("curl-openssl3.bin", Some("curl.capture.test"), "h2,http/1.1", 1),

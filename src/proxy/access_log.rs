@@ -113,6 +113,11 @@ impl<'a> AccessLog<'a> {
         self.alpn = std::mem::take(&mut hello.alpn);
     }
 
+    /// Port 80: the request's Host, logged as `sni`.
+    pub(super) fn host(&mut self, host: Option<ServerName>) {
+        self.server_name = host;
+    }
+
     /// The client's offered name and protocols, for routing.
     pub(super) fn offer(&self) -> (Option<&ServerName>, &Alpn) {
         (self.server_name.as_ref(), &self.alpn)

@@ -1,4 +1,5 @@
-//! Sending a fatal TLS alert before closing, and closing without a reset.
+//! Sending a fatal TLS alert (or a port-80 error response) before closing, and closing without
+//! a reset.
 //!
 //! The alert goes out in a plaintext record (RFC 8446 §6: alerts before the handshake completes
 //! are not encrypted). Closing a socket that still has unread bytes makes the kernel send a
@@ -27,10 +28,20 @@ pub(super) async fn close<S>(client: &mut S, description: Option<TlsAlertDescrip
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match description {
+        Some(description) => close_with(client, &record(description)).await,
+        None => close_with(client, &[]).await,
+    }
+}
+
+/// Sends `last` (an alert, an HTTP response) to `client`, then closes gracefully within
+/// [`LINGER`].
+pub(super) async fn close_with<S>(client: &mut S, last: &[u8])
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let linger = async {
-        if let Some(description) = description {
-            client.write_all(&record(description)).await?;
-        }
+        client.write_all(last).await?;
         client.shutdown().await?;
         let mut drained = 0;
         // On the heap, and only here: an array would sit in every connection's setup future.

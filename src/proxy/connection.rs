@@ -28,13 +28,13 @@ use super::relay::{self, Activity, Counted};
 use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
-use crate::config::{Route, Target, Terminate};
+use crate::config::{Protocol, Route, Target, Terminate};
 use crate::proxy_protocol::{self, Addresses, Tlvs};
 use crate::route::{Open, Pool};
 
 /// How a connection ended: its outcome, whose doing, and why.
 #[derive(Debug, Clone, Copy)]
-struct Ending {
+pub(super) struct Ending {
     outcome: Outcome,
     side: Side,
     cause: Cause,
@@ -42,7 +42,7 @@ struct Ending {
 
 impl Ending {
     /// An ending the outcome says all about.
-    fn new(outcome: Outcome, side: Side) -> Self {
+    pub(super) fn new(outcome: Outcome, side: Side) -> Self {
         Self {
             outcome,
             side,
@@ -121,15 +121,16 @@ pub(super) fn serve(
 }
 
 /// Where the setup phase leaves a connection.
-enum Next<'s> {
+pub(super) enum Next<'s> {
     /// It is over, ended this way.
     Done(Ending),
     /// Passthrough with the backend connected and everything read from the client so far
     /// written to it: bytes are copied both ways from here.
     Relay {
         backend: TcpStream,
-        /// The hello's random, noted while the connection is open to see a routing loop.
-        _noted: ReplayedHello<'s>,
+        /// The hello's random, noted while the connection is open to see a routing loop (none
+        /// for port 80).
+        _noted: Option<ReplayedHello<'s>>,
         /// Counts the connection as open to its backend.
         _open: Open,
     },
@@ -145,7 +146,12 @@ async fn setup<'a, 's>(
     log: &mut AccessLog<'a>,
 ) -> (TcpStream, Next<'s>) {
     let mut client = ClientStream::new(socket, log.client, live, shared);
-    let next = sniff_and_route(&mut client, live, &listener, shared, log).await;
+    let next = match listener.protocol {
+        Protocol::Tls => sniff_and_route(&mut client, live, &listener, shared, log).await,
+        Protocol::Http => {
+            super::http::head_and_route(&mut client, live, &listener, shared, log).await
+        }
+    };
     (client.socket, next)
 }
 
@@ -235,7 +241,7 @@ async fn sniff_and_route<'a, 's>(
                             log.bytes.to_backend.fetch_add(written, Ordering::Relaxed);
                             Next::Relay {
                                 backend,
-                                _noted: noted,
+                                _noted: Some(noted),
                                 _open: connected.member.open(),
                             }
                         }
@@ -267,7 +273,7 @@ async fn sniff_and_route<'a, 's>(
 
 /// Connects to one of `pool`'s members, noting in the log the member reached (or last tried)
 /// and how many were tried.
-async fn reach(
+pub(super) async fn reach(
     live: &Live,
     pool: &Pool,
     dial: Dial<'_>,
@@ -379,7 +385,7 @@ async fn terminated<'a>(
 }
 
 /// The PROXY protocol header `target` sends its backend first, if it sends one.
-fn proxy_header(
+pub(super) fn proxy_header(
     target: &Target,
     origin: Origin,
     client: &TcpStream,
@@ -399,7 +405,7 @@ fn proxy_header(
 
 /// Writes the replay (the hello and whatever followed it) to the backend, within the idle
 /// limit; once written it is no longer a pending hello. Returns the bytes written.
-async fn replay_to(
+pub(super) async fn replay_to(
     backend: &mut TcpStream,
     replay: Replay<'_>,
     live: &Live,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Protocol;
 use crate::metrics::ListenerMetrics;
 use crate::proxy_protocol::Cidr;
 
@@ -17,6 +18,9 @@ use crate::proxy_protocol::Cidr;
 /// the drain time is up, the workers drop what is left).
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
+    /// Cancelled the moment a drain begins, before the listeners close: `GET /readyz` answers
+    /// 503 from then on.
+    pub draining: CancellationToken,
     /// Closes connections still reading their hello.
     pub hellos: CancellationToken,
 }
@@ -232,15 +236,19 @@ pub struct ListenerContext {
     pub metrics: ArcSwap<ListenerMetrics>,
     /// Its bound address, the series' `listener` label.
     address: SocketAddr,
+    /// What it speaks: TLS, or plaintext HTTP (port 80).
+    pub protocol: Protocol,
 }
 
 impl ListenerContext {
-    /// A context for the listener bound at `address`, trusting PROXY headers from `trusted`.
-    pub fn new(address: SocketAddr, trusted: Vec<Cidr>) -> Self {
+    /// A context for the `protocol` listener bound at `address`, trusting PROXY headers from
+    /// `trusted`.
+    pub fn new(address: SocketAddr, protocol: Protocol, trusted: Vec<Cidr>) -> Self {
         Self {
             proxy_trusted: ArcSwap::from_pointee(trusted),
             metrics: ArcSwap::from_pointee(ListenerMetrics::new(&address.to_string())),
             address,
+            protocol,
         }
     }
 

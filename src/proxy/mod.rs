@@ -5,7 +5,9 @@
 //!                pending-hello counts and budget, trusted PROXY sources, series)
 //! accept.rs      a worker's accept loop: connection cap, accept errors, one tracked task each
 //! connection.rs  one connection's life: sniff → route → connect → relay, or terminate
-//! sniff.rs       ClientStream: PROXY header and ClientHello in, Sniffed or SniffError out
+//! sniff.rs       ClientStream: PROXY header and ClientHello (or request head) in, Sniffed or
+//!                SniffError out
+//! http.rs        port 80: route the request head by Host; redirect, or forward like TLS
 //! connect.rs     dial the pool's members in turn, send the PROXY header; ConnectError
 //! tls.rs         terminate routes: rustls handshakes with the client and the backend
 //! relay.rs       userspace copy both ways, idle timer, half-close
@@ -26,6 +28,7 @@ mod alert;
 mod connect;
 mod connection;
 mod context;
+mod http;
 pub mod pools;
 mod relay;
 mod sniff;

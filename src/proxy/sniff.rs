@@ -27,10 +27,14 @@ use tokio::time::timeout;
 use super::context::{HelloBudget, ListenerContext, PendingSlot, Shared};
 use super::{IoCause, Live, Outcome, Side};
 use crate::hello::{ClientHello, HelloError, Peeker, Progress};
+use crate::http::{Head, HeadError, HeadReader};
 use crate::proxy_protocol::{self, Addresses, ProxyHeaderError};
 
 /// The smallest hello buffer: a header-only stall holds this much, not a whole record's worth.
 const MIN_BUFFER: usize = 512;
+/// The largest port-80 request head (nginx's default allows 32 KiB of request line and headers
+/// in four 8 KiB buffers).
+pub(super) const MAX_HEAD: usize = 32 * 1024;
 /// Bytes one read takes from the socket at most (into a per-thread scratch buffer, then copied
 /// into the connection's buffer: so the buffer grows by what arrived, not by a guess).
 const READ_CHUNK: usize = 16 * 1024;
@@ -120,6 +124,9 @@ pub(super) enum SniffError {
     /// The hello was refused.
     #[error("{0}")]
     Hello(#[from] HelloError),
+    /// Port 80: the request head was refused.
+    #[error("{0}")]
+    Head(HeadError),
     /// No complete hello within `timeouts.client_hello`.
     #[error("no complete hello in time")]
     HelloTimeout,
@@ -162,6 +169,8 @@ impl SniffError {
             Self::Hello(HelloError::Sslv2) => Outcome::Sslv2,
             Self::Hello(HelloError::TooLarge { .. }) => Outcome::HelloTooLarge,
             Self::Hello(_) => Outcome::BadHello,
+            Self::Head(HeadError::Malformed(_)) => Outcome::BadRequest,
+            Self::Head(HeadError::TooLarge { .. }) => Outcome::HeadTooLarge,
             Self::HelloTimeout => Outcome::HelloTimeout,
             Self::ClientClosed(_) => Outcome::ClientClosed,
             Self::ProxyHeader(_) | Self::ProxyHeaderTimeout => Outcome::BadProxyHeader,
@@ -226,6 +235,38 @@ impl<'a> ClientStream<'a> {
         listener: &ListenerContext,
         shared: &'a Shared,
     ) -> Result<Sniffed<'a>, SniffError> {
+        let mut peeker = Peeker::new(self.limit);
+        let read = |buffer: &[u8]| match peeker.feed(buffer) {
+            Progress::NeedMore => Ok(None),
+            Progress::Hello(hello) => Ok(Some(hello)),
+            Progress::Reject(error) => Err(error.into()),
+        };
+        let (hello, replay) = self.sniff_first(live, listener, shared, read).await?;
+        Ok(Sniffed { hello, replay })
+    }
+
+    /// As [`ClientStream::sniff`], for a port-80 connection: the request head, up to
+    /// [`MAX_HEAD`] bytes (or `limits.max_client_hello`, if smaller).
+    pub(super) async fn sniff_head(
+        &mut self,
+        live: &Live,
+        listener: &ListenerContext,
+        shared: &'a Shared,
+    ) -> Result<(Head, Replay<'a>), SniffError> {
+        let mut reader = HeadReader::new(self.limit.min(MAX_HEAD));
+        let read = |buffer: &[u8]| reader.feed(buffer).map_err(SniffError::Head);
+        self.sniff_first(live, listener, shared, read).await
+    }
+
+    /// The PROXY header, the pending count, then whatever `read` finds complete in the bytes
+    /// so far (`Ok(None)`: it needs more), under `timeouts.client_hello` and until shutdown.
+    async fn sniff_first<T>(
+        &mut self,
+        live: &Live,
+        listener: &ListenerContext,
+        shared: &'a Shared,
+        mut read: impl FnMut(&[u8]) -> Result<Option<T>, SniffError>,
+    ) -> Result<(T, Replay<'a>), SniffError> {
         let shutdown = &shared.shutdown.hellos;
         if listener.trusts(self.origin.source.ip()) {
             tokio::select! {
@@ -242,20 +283,28 @@ impl<'a> ClientStream<'a> {
             listener.metrics.load().over_max_pending.increment(1);
             return Err(SniffError::PendingLimit);
         };
-        let hello = tokio::select! {
-            read = timeout(live.timeouts.client_hello, self.read_hello()) => {
+        let reading = async {
+            loop {
+                match read(&self.buffer)? {
+                    Some(first) => return Ok::<T, SniffError>(first),
+                    None => self.read_more().await?,
+                }
+            }
+        };
+        let first = tokio::select! {
+            read = timeout(live.timeouts.client_hello, reading) => {
                 read.map_err(|_| SniffError::HelloTimeout)??
             }
             () = shutdown.cancelled() => return Err(SniffError::Drained),
         };
-        Ok(Sniffed {
-            hello,
-            replay: Replay {
+        Ok((
+            first,
+            Replay {
                 bytes: std::mem::take(&mut self.buffer),
                 _budget: self.budget.take(),
                 _pending: pending,
             },
-        })
+        ))
     }
 
     /// Reads a PROXY header and takes it off the front of the buffer, leaving whatever followed
@@ -280,18 +329,6 @@ impl<'a> ClientStream<'a> {
                 }
                 Ok(None) => self.read_more().await?,
                 Err(error) => return Err(SniffError::ProxyHeader(error)),
-            }
-        }
-    }
-
-    /// Reads until the peeker has a verdict, starting with what the buffer already holds.
-    async fn read_hello(&mut self) -> Result<ClientHello, SniffError> {
-        let mut peeker = Peeker::new(self.limit);
-        loop {
-            match peeker.feed(&self.buffer) {
-                Progress::NeedMore => self.read_more().await?,
-                Progress::Hello(hello) => return Ok(hello),
-                Progress::Reject(error) => return Err(error.into()),
             }
         }
     }

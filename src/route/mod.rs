@@ -40,6 +40,8 @@ pub struct RouteTable {
 struct RouteState {
     metrics: RouteMetrics,
     pool: Arc<Pool>,
+    /// Its port-80 backends, where the config has an `http` listener.
+    http: Option<Arc<Pool>>,
 }
 
 /// The routes sharing one pattern: those with an `alpn` list (in file order) and at most one
@@ -59,6 +61,8 @@ pub struct Decision<'a> {
     pub metrics: &'a RouteMetrics,
     /// The route's backends.
     pub pool: Option<&'a Arc<Pool>>,
+    /// The route's port-80 backends (where the config has an `http` listener).
+    pub http_pool: Option<&'a Arc<Pool>>,
     /// Why.
     pub reason: Reason<'a>,
 }
@@ -102,16 +106,35 @@ impl RouteTable {
                 candidates.with_alpn.push(index);
             }
         }
-        let previous: HashMap<&str, &Pool> = previous
-            .map(|table| table.pools().map(|pool| (pool.route(), &**pool)).collect())
+        let previous: HashMap<&str, &RouteState> = previous
+            .map(|table| {
+                table
+                    .states()
+                    .map(|(route, state)| (route.name.as_str(), state))
+                    .collect()
+            })
             .unwrap_or_default();
-        let state_of = |route: &Route| RouteState {
-            metrics: RouteMetrics::new(&route.name),
-            pool: Arc::new(Pool::new(
-                &route.name,
-                &route.target.pool,
-                previous.get(route.name.as_str()).copied(),
-            )),
+        let serves_http = config
+            .listeners
+            .iter()
+            .any(|listen| listen.protocol == crate::config::Protocol::Http);
+        let state_of = |route: &Route| {
+            let before = previous.get(route.name.as_str());
+            RouteState {
+                metrics: RouteMetrics::new(&route.name),
+                pool: Arc::new(Pool::new(
+                    &route.name,
+                    &route.target.pool,
+                    before.map(|state| &*state.pool),
+                )),
+                http: serves_http.then(|| {
+                    Arc::new(Pool::new(
+                        &route.name,
+                        &route.target.http.pool,
+                        before.and_then(|state| state.http.as_deref()),
+                    ))
+                }),
+            }
         };
         Self {
             routes: config.routes.clone(),
@@ -173,6 +196,7 @@ impl RouteTable {
             route: Some(&self.routes[index]),
             metrics: &self.state[index].metrics,
             pool: Some(&self.state[index].pool),
+            http_pool: self.state[index].http.as_ref(),
             reason,
         }
     }
@@ -183,12 +207,14 @@ impl RouteTable {
                 route: Some(route),
                 metrics: &state.metrics,
                 pool: Some(&state.pool),
+                http_pool: state.http.as_ref(),
                 reason,
             },
             None => Decision {
                 route: None,
                 metrics: &self.unmatched,
                 pool: None,
+                http_pool: None,
                 reason,
             },
         }
@@ -199,12 +225,18 @@ impl RouteTable {
         &self.unmatched
     }
 
-    /// Every route's pool, in file order, then `[default]`'s.
+    /// Every route's pools (its backends, then its port-80 backends), in file order, then
+    /// `[default]`'s.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.state
+        self.states()
+            .flat_map(|(_, state)| std::iter::once(&state.pool).chain(state.http.as_ref()))
+    }
+
+    fn states(&self) -> impl Iterator<Item = (&Route, &RouteState)> {
+        self.routes
             .iter()
-            .chain(self.default.as_ref().map(|(_, state)| state))
-            .map(|state| &state.pool)
+            .zip(&self.state)
+            .chain(self.default.as_ref().map(|(route, state)| (route, state)))
     }
 
     /// Every route, in file order, then `[default]`.

@@ -109,6 +109,11 @@ impl Proxy {
         }
     }
 
+    /// Every listener's bound address, in config order.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        self.reloads.borrow().listeners.clone()
+    }
+
     /// Where `GET /metrics` is served (the config must have `[metrics]`).
     pub fn metrics(&self) -> SocketAddr {
         self.reloads
@@ -406,6 +411,32 @@ impl StuckBackend {
             _fillers: fillers,
         }
     }
+}
+
+/// Whether `tool` runs (`--version` or `version`); on a machine without it a test says so and
+/// skips, except under CI, which installs every tool.
+pub fn installed(tool: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+        || std::process::Command::new(tool)
+            .arg("version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+    if !found {
+        // CI installs every tool: there, a missing one is a broken CI, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
+    }
+    found
 }
 
 /// A connection to `proxy` from loopback address `source` (any of 127.0.0.0/8).
