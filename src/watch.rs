@@ -149,7 +149,9 @@ impl ConfigWatch {
 #[cfg(unix)]
 fn inode(directory: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(directory).ok().map(|metadata| metadata.ino())
+    std::fs::metadata(directory)
+        .ok()
+        .map(|metadata| metadata.ino())
 }
 
 #[cfg(not(unix))]
