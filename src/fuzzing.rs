@@ -188,6 +188,7 @@ pub fn route(data: &[u8]) {
         http: Http {
             mode: HttpMode::Redirect,
             pool: pool.clone(),
+            explicit: false,
         },
         pool,
         proxy_protocol: None,

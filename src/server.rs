@@ -612,42 +612,63 @@ async fn bind_listeners<T>(
 /// # Errors
 /// The first such route, located at its `backend`.
 pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
-    let routes = config
-        .routes
+    let serves_http = config
+        .listeners
         .iter()
-        .enumerate()
-        .map(|(index, route)| (format!("route[{index}]"), route));
+        .any(|listen| listen.protocol == config::Protocol::Http);
+    // Each route's key in its own file: tenant files count their routes from 0.
+    let mut in_file: HashMap<Option<&Path>, usize> = HashMap::new();
+    let routes = config.routes.iter().map(|route| {
+        let index = in_file.entry(route.file.as_deref()).or_default();
+        *index += 1;
+        (format!("route[{}]", *index - 1), route)
+    });
     for (key, route) in routes.chain(
         config
             .default
             .iter()
             .map(|route| ("default".to_owned(), route)),
     ) {
-        for member in &route.target.pool.members {
-            let config::Backend::Addr(backend) = member.backend else {
-                continue;
-            };
-            let Some((index, listen)) = config
-                .listeners
-                .iter()
-                .enumerate()
-                .find(|(_, listen)| reaches(listen.address, backend))
-            else {
-                continue;
-            };
-            let key = match route.target.pool.members.len() {
-                1 => format!("{key}.backend"),
-                _ => format!("{key}.backends"),
-            };
-            return Err(ConfigError {
-                file: path.to_owned(),
-                position: Some(member.position),
-                key,
-                message: format!(
-                    "{backend} is this proxy's own listen[{index}] ({}): a routing loop",
-                    listen.address
-                ),
-            });
+        let pool = &route.target.pool;
+        let http = &route.target.http;
+        let pool_key = match pool.members.len() {
+            1 => format!("{key}.backend"),
+            _ => format!("{key}.backends"),
+        };
+        let mut pools = vec![(pool, pool_key.clone(), "")];
+        if serves_http {
+            match http.explicit {
+                true => pools.push((&http.pool, format!("{key}.http_backend"), "")),
+                false => pools.push((
+                    &http.pool,
+                    pool_key,
+                    " (its port-80 side: the backend's host with port 80; set http_backend)",
+                )),
+            }
+        }
+        for (pool, key, what) in pools {
+            for member in &pool.members {
+                let config::Backend::Addr(backend) = member.backend else {
+                    continue;
+                };
+                let Some((index, listen)) = config
+                    .listeners
+                    .iter()
+                    .enumerate()
+                    .find(|(_, listen)| reaches(listen.address, backend))
+                else {
+                    continue;
+                };
+                return Err(ConfigError {
+                    file: route.file.as_deref().unwrap_or(path).to_owned(),
+                    position: Some(member.position),
+                    key,
+                    message: format!(
+                        "{backend} is this proxy's own listen[{index}] ({}): a routing loop{what}",
+                        listen.address
+                    ),
+                });
+            }
         }
     }
     Ok(())

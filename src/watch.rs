@@ -26,8 +26,10 @@ pub struct ConfigWatch {
     watched: Vec<(PathBuf, Option<u64>)>,
     /// File names that matter in the watched directories: the file's and each symlink's.
     names: Arc<RwLock<HashSet<OsString>>>,
-    /// Directories of tenant files (`include`), where any change matters.
+    /// Directories of tenant files (`include`), resolved, where any change matters.
     includes: Arc<RwLock<HashSet<PathBuf>>>,
+    /// The same directories as the config names them (their symlinks are watched too).
+    include_paths: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for ConfigWatch {
@@ -79,34 +81,38 @@ impl ConfigWatch {
             watched: Vec::new(),
             names,
             includes,
+            include_paths: Vec::new(),
         };
         watch.refresh();
         Some(watch)
     }
 
     /// Watches these directories of tenant files too (the config's `include_dirs`), instead of
-    /// the ones before; any file changing in them counts.
+    /// the ones before; any file changing in them counts, and so does a symlink on the way to
+    /// one being swapped.
     pub fn set_includes(&mut self, directories: &[PathBuf]) {
-        let resolved = directories
-            .iter()
-            .map(|dir| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()))
-            .collect();
-        if let Ok(mut includes) = self.includes.write() {
-            *includes = resolved;
-        }
+        self.include_paths = directories.to_vec();
         self.refresh();
     }
 
-    /// Resolves the symlink chain again and watches what it now goes through, and the tenant
-    /// files' directories.
+    /// Resolves the symlink chains again (the config file's and the tenant directories') and
+    /// watches what they now go through.
     pub fn refresh(&mut self) {
-        let (mut directories, names) = chain(&self.path);
-        if let Ok(includes) = self.includes.read() {
-            for directory in includes.iter() {
-                if !directories.contains(directory) {
-                    directories.push(directory.clone());
+        let (mut directories, mut names) = chain(&self.path);
+        let mut resolved = HashSet::new();
+        for include in &self.include_paths {
+            let (more, more_names) = chain(include);
+            names.extend(more_names);
+            let real = std::fs::canonicalize(include).unwrap_or_else(|_| include.clone());
+            for directory in more.into_iter().chain([real.clone()]) {
+                if !directories.contains(&directory) {
+                    directories.push(directory);
                 }
             }
+            resolved.insert(real);
+        }
+        if let Ok(mut includes) = self.includes.write() {
+            *includes = resolved;
         }
         if let Ok(mut current) = self.names.write() {
             *current = names;

@@ -288,6 +288,65 @@ fn a_backend_that_is_one_of_the_proxys_own_listeners_is_refused() {
     }
 }
 
+/// On a port-80 listener, a route's port-80 side (its backends' hosts on port 80, or
+/// `http_backend`) leading back to the proxy is a loop too, found by `check`; so is a tenant
+/// file's backend, named with the tenant file and its own route index.
+#[test]
+fn port_80_and_tenant_file_loops_are_refused_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[[listen]]\naddress = \"127.0.0.1:31443\"\n[[listen]]\naddress = \"0.0.0.0:31080\"\nprotocol = \"http\"\n\
+         [[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:9001\"\nhttp_backend = \"127.0.0.1:31080\"\n",
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:9:16: route[0].http_backend: 127.0.0.1:31080 is this proxy's own listen[1] (0.0.0.0:31080): a routing loop\n",
+            path.display()
+        )
+    );
+
+    let path = write_config(
+        dir.path(),
+        "[[listen]]\naddress = \"127.0.0.1:31443\"\n[[listen]]\naddress = \"0.0.0.0:80\"\nprotocol = \"http\"\n\
+         [[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:9001\"\n",
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:8:11: route[0].backend: 127.0.0.1:80 is this proxy's own listen[1] (0.0.0.0:80): a routing loop (its port-80 side: the backend's host with port 80; set http_backend)\n",
+            path.display()
+        )
+    );
+
+    let tenants = dir.path().join("routes.d");
+    std::fs::create_dir(&tenants).unwrap();
+    std::fs::write(
+        tenants.join("a.toml"),
+        "[[route]]\nsni = \"a.test\"\nbackend = \"127.0.0.1:9001\"\n\
+         [[route]]\nsni = \"b.test\"\nbackend = \"127.0.0.1:31443\"\n",
+    )
+    .unwrap();
+    let path = write_config(
+        dir.path(),
+        "include = [\"routes.d/*.toml\"]\n[[listen]]\naddress = \"127.0.0.1:31443\"\n",
+    );
+    let output = sniroute(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        text(&output.stderr),
+        format!(
+            "{}:6:11: route[1].backend: 127.0.0.1:31443 is this proxy's own listen[0] (127.0.0.1:31443): a routing loop\n",
+            tenants.join("a.toml").display()
+        )
+    );
+}
+
 #[test]
 fn overlapping_listeners_are_refused_by_check_not_found_at_bind() {
     let dir = tempfile::tempdir().unwrap();

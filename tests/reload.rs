@@ -387,3 +387,40 @@ async fn tenant_files_from_a_configmap_volume_follow_its_updates() {
     assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
     proxy.shutdown().await;
 }
+
+/// A tenant directory reached through a symlink that is swapped (`routes.d -> releases/v1`,
+/// then `releases/v2` renamed into place, as deploy tools do): seen, and the new directory is
+/// watched from then on.
+#[tokio::test]
+async fn a_tenant_directory_swapped_by_symlink_reloads() {
+    use std::os::unix::fs::symlink;
+
+    let a = tls_backend("a", &["a.test"]).await;
+    let b = tls_backend("b", &["b.test"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    for (release, routes) in [("v1", route("a.test", a)), ("v2", route("b.test", b))] {
+        std::fs::create_dir_all(root.join("releases").join(release)).unwrap();
+        std::fs::write(root.join("releases").join(release).join("t.toml"), routes).unwrap();
+    }
+    symlink("releases/v1", root.join("routes.d")).unwrap();
+    std::fs::write(
+        root.join("routes.toml"),
+        format!(
+            "include = [\"routes.d/*.toml\"]\n{}",
+            Proxy::config_text("")
+        ),
+    )
+    .unwrap();
+    let mut proxy = Proxy::start_at(dir, root.join("routes.toml")).await;
+    assert_eq!(who_answers(proxy.address, "a.test", &[]).await, "a");
+
+    symlink("releases/v2", root.join("routes.d.new")).unwrap();
+    std::fs::rename(root.join("routes.d.new"), root.join("routes.d")).unwrap();
+    wait_until_answered(&mut proxy, "b.test", "b").await;
+
+    // The new directory is the one watched now.
+    std::fs::write(root.join("releases/v2/t2.toml"), route("a.test", a)).unwrap();
+    wait_until_answered(&mut proxy, "a.test", "a").await;
+    proxy.shutdown().await;
+}

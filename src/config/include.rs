@@ -32,6 +32,10 @@ pub(super) fn resolve(
             return Err(source.at(pattern, key, "expected a path like \"routes.d/*.toml\""));
         };
         let name = name.to_string_lossy();
+        let directory = match directory.as_os_str().is_empty() {
+            true => std::path::Path::new("."),
+            false => directory,
+        };
         if directory.to_string_lossy().contains(['*', '?']) {
             return Err(source.at(
                 pattern,

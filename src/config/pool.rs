@@ -196,6 +196,8 @@ pub struct Http {
     /// `http_backend`, or each of the route's backends with port 80; balanced like the route,
     /// no active checks.
     pub pool: Pool,
+    /// Whether `http_backend` names it (else it is derived from the backends).
+    pub explicit: bool,
 }
 
 /// `http` and `http_backend` of the route at `key`, whose pool is `pool`.
@@ -249,6 +251,7 @@ pub(super) fn http(
     };
     Ok(Http {
         mode,
+        explicit: backend.is_some(),
         pool: Pool {
             members,
             balance: pool.balance,
@@ -442,6 +445,13 @@ fn health(
                 )?),
                 (None, Some(NamePattern::Exact(name))) => {
                     ServerNameTls::try_from(name.as_str().to_owned()).ok()
+                }
+                (None, Some(NamePattern::Wildcard(_))) if raw.ca.is_some() => {
+                    return Err(source.at(
+                        spanned,
+                        format!("{key}.server_name"),
+                        "needed with `ca` on a wildcard route: name one its certificates cover",
+                    ))
                 }
                 (None, Some(NamePattern::Wildcard(suffix))) => {
                     ServerNameTls::try_from(suffix.trim_start_matches('.').to_owned()).ok()

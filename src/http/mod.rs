@@ -36,12 +36,22 @@ pub struct Head {
     pub target: Box<str>,
     /// Bytes of the head, the blank line included.
     pub len: usize,
+    /// A `GET` or `HEAD` without a body (no Content-Length above 0, no Transfer-Encoding).
+    pub bodyless_read: bool,
 }
 
 impl Head {
-    /// An ACME http-01 challenge request.
+    /// An ACME http-01 challenge request: `GET` or `HEAD` of the prefix and one token
+    /// (base64url, RFC 8555 §8.3), nothing after it, no body. Nothing else passes for one, so
+    /// a redirecting route can't be used to reach its backend's other paths.
     pub fn is_acme(&self) -> bool {
-        self.target.starts_with(ACME_PREFIX)
+        self.bodyless_read
+            && self.target.strip_prefix(ACME_PREFIX).is_some_and(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+            })
     }
 }
 
@@ -206,11 +216,15 @@ fn parse(head: &[u8]) -> Result<Head, HeadError> {
         None => (None, Box::from("")),
         Some(host) => server_name(host)?,
     };
+    let bodyless_read = matches!(request.method, Some("GET" | "HEAD"))
+        && transfer_encoding.is_none()
+        && content_length.is_none_or(|length| length.iter().all(|&digit| digit == b'0'));
     Ok(Head {
         host,
         authority,
         target: path.into(),
         len,
+        bodyless_read,
     })
 }
 

@@ -24,8 +24,19 @@ fn a_request_is_routed_by_its_host_without_port() {
     );
     assert!(!parsed.is_acme());
     assert!(
-        head("GET /.well-known/acme-challenge/token HTTP/1.1\r\nHost: a.test\r\n\r\n").is_acme()
+        head("GET /.well-known/acme-challenge/tok_en-1 HTTP/1.1\r\nHost: a.test\r\n\r\n").is_acme()
     );
+    // Only a challenge-shaped request passes for one: no other path, method or body.
+    for request in [
+        "GET /.well-known/acme-challenge/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /.well-known/acme-challenge/../../admin HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /.well-known/acme-challenge/%2e%2e/admin HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /.well-known/acme-challenge/t?x=1 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "POST /.well-known/acme-challenge/t HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\n\r\n",
+        "GET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\n\r\n",
+    ] {
+        assert!(!head(request).is_acme(), "{request}");
+    }
 }
 
 #[test]

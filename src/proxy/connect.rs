@@ -179,7 +179,11 @@ pub(super) async fn connect(
                     break;
                 }
                 member.handles().attempt(error.result());
-                note(member, member.failed(ticks()));
+                // A backend that drops a hello may be refusing what this client sent: fail
+                // over, but only what the backend does on its own counts towards ejecting it.
+                if !matches!(error, ConnectError::NoAnswer(_)) {
+                    note(member, member.failed(ticks()));
+                }
             }
         }
     }

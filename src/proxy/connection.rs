@@ -35,7 +35,7 @@ use crate::route::{Open, Pool};
 /// How a connection ended: its outcome, whose doing, and why.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ending {
-    outcome: Outcome,
+    pub(super) outcome: Outcome,
     side: Side,
     cause: Cause,
 }

@@ -5,7 +5,8 @@
 //!
 //! Every refusal is a short plaintext response and a close: `400` (malformed or ambiguous),
 //! `431` (too large), `408` (not complete in time), `421` (a Host no route takes; `404` without
-//! any Host), `502` (no backend reachable), `503` (over a limit, or shutting down).
+//! any Host), `502` (no backend reachable), `504` (none answered in time), `503` (over a limit,
+//! out of descriptors, or shutting down).
 
 use std::sync::atomic::Ordering;
 
@@ -57,6 +58,7 @@ pub(super) async fn head_and_route<'a, 's>(
     let decision = live.table.lookup(head.host.as_ref(), &Alpn::default());
     log.metrics = decision.metrics;
     let (Some(route), Some(pool)) = (decision.route, decision.http_pool) else {
+        drop(replay);
         let (code, reason) = match head.host {
             Some(_) => (421, "Misdirected Request"),
             None => (404, "Not Found"),
@@ -67,6 +69,7 @@ pub(super) async fn head_and_route<'a, 's>(
     log.route = Some(route);
     let target = &*route.target;
     if target.http.mode == HttpMode::Redirect && !head.is_acme() {
+        drop(replay);
         if head.authority.is_empty() {
             // HTTP/1.0 without a Host, taken by [default]: there is no URL to send it to.
             respond(&mut client.socket, 400, "Bad Request", None).await;
@@ -96,26 +99,33 @@ pub(super) async fn head_and_route<'a, 's>(
         header: header.as_deref(),
         replay: None,
     };
-    match reach(live, pool, dial, log).await {
+    let failed = match reach(live, pool, dial, log).await {
         Ok(connected) => {
             let mut backend = connected.stream;
             match replay_to(&mut backend, replay, live).await {
                 Ok(written) => {
                     log.bytes.to_backend.fetch_add(written, Ordering::Relaxed);
-                    Next::Relay {
+                    return Next::Relay {
                         backend,
                         _noted: None,
                         _open: connected.member.open(),
-                    }
+                    };
                 }
-                Err(ending) => Next::Done(ending),
+                Err(ending) => ending,
             }
         }
         Err(ending) => {
-            respond(&mut client.socket, 502, "Bad Gateway", None).await;
-            Next::Done(ending)
+            drop(replay);
+            ending
         }
-    }
+    };
+    let (code, reason) = match failed.outcome {
+        Outcome::ConnectTimeout => (504, "Gateway Timeout"),
+        Outcome::InternalError => (503, "Service Unavailable"),
+        _ => (502, "Bad Gateway"),
+    };
+    respond(&mut client.socket, code, reason, None).await;
+    Next::Done(failed)
 }
 
 /// A short plaintext response, then a lingering close.

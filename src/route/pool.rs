@@ -130,6 +130,12 @@ impl Pool {
         };
         let kept = previous.map(|previous| previous.members.load_full());
         pool.rebuild(kept.as_deref());
+        if pool.health.is_none() {
+            // Without checks nothing would ever bring back a member they held down.
+            for member in pool.members.load().iter() {
+                member.clear_checks();
+            }
+        }
         pool
     }
 
@@ -255,8 +261,9 @@ impl Pool {
             panic_changed: None,
             members,
         };
-        if count == 1 {
-            plan.len = 1;
+        if count <= 1 {
+            // One member is always tried; none (a host name not resolved yet) is nothing to try.
+            plan.len = count;
             return plan;
         }
         let members = &*plan.members;
@@ -448,6 +455,14 @@ impl Member {
         self.handles()
             .set_up(down && self.ejections.load(Relaxed) == 0);
         Some(if down { Change::Up } else { Change::Down(None) })
+    }
+
+    /// Forgets what active checks said: for a pool that has none (any more).
+    fn clear_checks(&self) {
+        self.streak.store(0, Relaxed);
+        if self.checked_down.swap(false, Relaxed) {
+            self.handles().set_up(self.ejections.load(Relaxed) == 0);
+        }
     }
 
     /// A connect to it failed at `now`. Returns the ejection it caused, if any.

@@ -216,10 +216,17 @@ fn with_every_member_down_all_are_tried() {
 #[test]
 fn resolved_addresses_are_members_and_survive_a_reload() {
     let host = Backend::Host(ServerName::parse(b"app.internal").unwrap(), 443);
-    let config = spec(
+    let mut config = spec(
         Balance::RoundRobin,
         &[(Backend::Addr(address(9000)), 1), (host, 2)],
     );
+    config.health = Some(config::Health {
+        check: config::Check::Tcp,
+        interval: std::time::Duration::from_secs(5),
+        timeout: std::time::Duration::from_secs(2),
+        rise: 2,
+        fall: 3,
+    });
     let pool = Pool::new("r", &config, None);
     assert_eq!(pool.members().len(), 1);
     assert!(!pool.is_resolved(1));
@@ -254,6 +261,11 @@ fn resolved_addresses_are_members_and_survive_a_reload() {
     // A host answer that drops an address drops that member only.
     assert!(reloaded.set_resolved(1, vec![SocketAddr::from(([10, 0, 0, 2], 443))]));
     assert_eq!(reloaded.members().len(), 2);
+
+    // Checks removed by a reload: nothing would bring the member back, so it is back now.
+    config.health = None;
+    let unchecked = Pool::new("r", &config, Some(&reloaded));
+    assert!(unchecked.members().iter().next().unwrap().is_available(1));
 }
 
 #[test]
