@@ -12,6 +12,8 @@
 //! hello/          records → handshake (assembler fed (offset, bytes)) →
 //!                 parse (ClientHello, ECH) → ja4 (transport a parameter)     → name
 //! http            port 80: the HTTP/1.x request head (httparse), vetted       → name
+//! quic/           Initial packets: headers, keys (rustls), frames, CRYPTO
+//!                 reassembly into the ClientHello; no sockets                → hello
 //! config/         routes.toml: raw serde mirror → listen, limits, route,
 //!                 pool (backend/backends, balance, health)                   → name, terminate
 //! outcome         Outcome, Side: how a connection ended                      → –
@@ -33,7 +35,8 @@
 //! fuzzing         (feature `testing`) the fuzz oracles                       → hello, config, route
 //! ```
 //!
-//! `name`, `hello`, `http`, `config`, `route`, `proxy_protocol` and `terminate` do no socket I/O and never
+//! `name`, `hello`, `http`, `quic`, `config`, `route`, `proxy_protocol` and `terminate` do no
+//! socket I/O and never
 //! import tokio (`config` and `terminate` read files): they are what the
 //! unit tests, proptests and fuzz targets exercise directly. Test tooling (`fuzzing`,
 //! `hello::synth`) is compiled only with the `testing` feature, which the tests, the benchmark
@@ -61,6 +64,7 @@ pub mod name;
 pub mod outcome;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod route;
 pub mod server;
 pub mod terminate;

@@ -65,3 +65,13 @@ fn proxy_protocol_corpus() {
 fn http_head_corpus() {
     replay("http_head", fuzzing::http_head);
 }
+
+#[test]
+fn quic_datagrams_corpus() {
+    replay("quic_datagrams", fuzzing::quic_datagrams);
+}
+
+#[test]
+fn quic_frames_corpus() {
+    replay("quic_frames", fuzzing::quic_frames);
+}

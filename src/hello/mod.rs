@@ -121,6 +121,15 @@ impl Peeker {
     }
 }
 
+/// Parses one whole ClientHello handshake message (its 4-byte header included), as a QUIC
+/// CRYPTO stream carries it: the same checks as a hello read from TLS records.
+///
+/// # Errors
+/// The hello is refused, as [`Peeker::feed`] would.
+pub fn parse_message(message: &[u8]) -> Result<ClientHello, HelloError> {
+    parse::client_hello(message)
+}
+
 /// The `len` bytes of handshake message carried by the records at the start of `stream`, which
 /// have all arrived (and passed the record checks once already), gathered in an assembler.
 fn gather(stream: &[u8], limit: usize, len: usize) -> Result<HandshakeAssembler, HelloError> {

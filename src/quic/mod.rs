@@ -1,0 +1,136 @@
+//! QUIC Initial packets, read the way the hello peeker reads TLS records (SPEC "QUIC"): fed a
+//! client's datagrams one by one, [`InitialReader`] removes the Initial packets' protection
+//! (whose keys come from the client's first Destination Connection ID, public by design),
+//! reassembles the CRYPTO frames into the ClientHello in any order, and parses it with the same
+//! parser and fail-closed rules as TCP. Nothing after the Initials is decrypted.
+//!
+//! Pure: no sockets and no clock. Bounded: the handshake assembler keeps at most its limit of
+//! CRYPTO stream and a capped number of gaps; each datagram is read once.
+//!
+//! ```text
+//! packet.rs      long headers, coalesced packets, versions 1 and 2, varints
+//! protection.rs  Initial keys (rustls::quic::Keys::initial), header protection, AEAD
+//! frames.rs      PADDING, PING, ACK, CRYPTO, CONNECTION_CLOSE; nothing else in an Initial
+//! ```
+
+pub mod frames;
+pub mod packet;
+pub mod protection;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod synth;
+
+use crate::hello::{self, ClientHello, HandshakeAssembler, HelloError};
+pub use packet::Version;
+use packet::{LongPacket, Packet};
+use protection::InitialKeys;
+
+/// CRYPTO stream bytes held for one hello by default (ngtcp2 holds 16 KiB too).
+pub const DEFAULT_CRYPTO_LIMIT: usize = 16 * 1024;
+/// The smallest datagram that may carry a client's Initial (RFC 9000 §14.1).
+pub const MIN_INITIAL_DATAGRAM: usize = 1200;
+
+/// Why a flow's Initials were refused. Small and `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuicError {
+    /// A version sniroute doesn't read: the client falls back to TCP.
+    #[error("unknown QUIC version {0:#010x}")]
+    UnknownVersion(u32),
+    /// A header or frame that doesn't add up.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+    /// Protection that doesn't come off: not this connection's keys, or tampered with.
+    #[error("an Initial packet that doesn't decrypt")]
+    Undecryptable,
+    /// A frame an Initial packet may not carry (its type), or no frame at all.
+    #[error("frame type {0:#x} in an Initial packet")]
+    ProtocolViolation(u64),
+    /// The client sent CONNECTION_CLOSE.
+    #[error("the client closed the connection")]
+    ClientClosed,
+    /// The reassembled ClientHello was refused.
+    #[error("{0}")]
+    Hello(#[from] HelloError),
+}
+
+/// One flow's Initials, read until its ClientHello is complete.
+#[derive(Debug)]
+pub struct InitialReader {
+    /// The connection as its first Initial names it: version, Destination Connection ID, keys.
+    connection: Option<(Version, Vec<u8>, InitialKeys)>,
+    assembler: HandshakeAssembler,
+    /// Where packets are decrypted; kept, so each datagram reuses it.
+    scratch: Vec<u8>,
+}
+
+impl InitialReader {
+    /// A reader keeping at most `limit` bytes of CRYPTO stream.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            connection: None,
+            assembler: HandshakeAssembler::new(limit),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The version and Destination Connection ID of the flow's first Initial, once seen.
+    pub fn connection(&self) -> Option<(Version, &[u8])> {
+        self.connection
+            .as_ref()
+            .map(|(version, dcid, _)| (*version, &dcid[..]))
+    }
+
+    /// Reads one datagram from the client: `Ok(None)` while the hello is incomplete (a
+    /// datagram with no Initial in it changes nothing).
+    ///
+    /// # Errors
+    /// The datagram, one of its Initial packets or the hello is refused; the flow should be
+    /// dropped.
+    pub fn feed(&mut self, datagram: &[u8]) -> Result<Option<ClientHello>, QuicError> {
+        let mut rest = datagram;
+        while !rest.is_empty() {
+            let (packet, after) = match packet::first(rest)? {
+                Packet::Short => break,
+                Packet::Long(packet, after) => (packet, after),
+            };
+            rest = after;
+            if packet.initial {
+                if datagram.len() < MIN_INITIAL_DATAGRAM {
+                    return Err(QuicError::Malformed(
+                        "an Initial in a datagram under 1200 bytes",
+                    ));
+                }
+                self.read_initial(&packet)?;
+            }
+        }
+        match self.assembler.message()? {
+            Some(message) => {
+                let mut hello = hello::parse_message(message)?;
+                hello.wire_len = message.len();
+                Ok(Some(hello))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn read_initial(&mut self, packet: &LongPacket<'_>) -> Result<(), QuicError> {
+        let (version, dcid, keys) = self.connection.get_or_insert_with(|| {
+            (
+                packet.version,
+                packet.dcid.to_vec(),
+                InitialKeys::for_reading(packet.version, packet.dcid),
+            )
+        });
+        if *version != packet.version || dcid[..] != *packet.dcid {
+            return Err(QuicError::Malformed("an Initial of another connection"));
+        }
+        let (_pn, payload) = keys.open(packet, &mut self.scratch)?;
+        let assembler = &mut self.assembler;
+        frames::read(payload, |offset, data| {
+            assembler.add(offset, data).map_err(QuicError::from)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

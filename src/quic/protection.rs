@@ -1,0 +1,130 @@
+//! Initial packet protection (RFC 9001 §5): keys derived from the client's first Destination
+//! Connection ID with rustls' `Keys::initial` (the salt is the version's), header protection
+//! removed, payload decrypted. Anyone can do this: the keys are public by design, which is what
+//! lets a router read the ClientHello without terminating anything.
+
+use rustls::quic::{HeaderProtectionKey, Keys, PacketKey};
+use rustls::Side;
+
+use super::packet::{LongPacket, Version};
+use super::QuicError;
+
+/// The AEAD sample header protection takes (AES-128-GCM's, Initial packets' suite).
+const SAMPLE_LEN: usize = 16;
+/// The longest packet number encoding.
+const MAX_PN_LEN: usize = 4;
+
+/// The keys a client's Initial packets are protected with.
+pub struct InitialKeys {
+    header: Box<dyn HeaderProtectionKey>,
+    packet: Box<dyn PacketKey>,
+}
+
+impl std::fmt::Debug for InitialKeys {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("InitialKeys")
+    }
+}
+
+/// Initial keys of the connection whose client chose `dcid`, on `side`'s view: the server side
+/// reads what the client sends (its `remote` keys), the client side writes it (`local`).
+fn keys(version: Version, dcid: &[u8], side: Side) -> Keys {
+    // The Initial suite is fixed (RFC 9001 §5.2); the provider's AES-128-GCM is there always.
+    let suite = rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .and_then(|suite| Some((suite, suite.quic?)));
+    #[allow(clippy::expect_used)] // TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite with QUIC
+    let (suite, quic) = suite.expect("a TLS 1.3 suite usable by QUIC");
+    Keys::initial(version.rustls(), suite, quic, dcid, side)
+}
+
+impl InitialKeys {
+    /// The keys that open a client's Initial packets sent to `dcid`.
+    pub fn for_reading(version: Version, dcid: &[u8]) -> Self {
+        let remote = keys(version, dcid, Side::Server).remote;
+        Self {
+            header: remote.header,
+            packet: remote.packet,
+        }
+    }
+
+    /// The keys a client protects its Initial packets to `dcid` with (tests and fuzzing).
+    pub fn for_writing(version: Version, dcid: &[u8]) -> Self {
+        let local = keys(version, dcid, Side::Client).local;
+        Self {
+            header: local.header,
+            packet: local.packet,
+        }
+    }
+
+    /// Removes `packet`'s protection in `buffer`: returns the packet number and the plaintext
+    /// payload.
+    ///
+    /// # Errors
+    /// Too short to sample, a payload that doesn't authenticate, or reserved bits set.
+    pub fn open<'b>(
+        &self,
+        packet: &LongPacket<'_>,
+        buffer: &'b mut Vec<u8>,
+    ) -> Result<(u64, &'b [u8]), QuicError> {
+        buffer.clear();
+        buffer.extend_from_slice(packet.bytes);
+        let pn_offset = packet.pn_offset;
+        let sample: [u8; SAMPLE_LEN] = buffer
+            .get(pn_offset + MAX_PN_LEN..pn_offset + MAX_PN_LEN + SAMPLE_LEN)
+            .and_then(|sample| sample.try_into().ok())
+            .ok_or(QuicError::Malformed("a packet too short to sample"))?;
+        let (head, rest) = buffer.split_at_mut(pn_offset);
+        let number = &mut rest[..MAX_PN_LEN];
+        self.header
+            .decrypt_in_place(&sample, &mut head[0], number)
+            .map_err(|_| QuicError::Undecryptable)?;
+        let first = buffer[0];
+        let pn_len = usize::from(first & 0x03) + 1;
+        let pn = buffer[pn_offset..pn_offset + pn_len]
+            .iter()
+            .fold(0u64, |pn, &byte| (pn << 8) | u64::from(byte));
+        let (header, payload) = buffer.split_at_mut(pn_offset + pn_len);
+        let plaintext = self
+            .packet
+            .decrypt_in_place(pn, header, payload)
+            .map_err(|_| QuicError::Undecryptable)?;
+        // Checked only once authenticated (RFC 9000 §17.2).
+        if first & 0x0c != 0 {
+            return Err(QuicError::Malformed("reserved header bits set"));
+        }
+        Ok((pn, plaintext))
+    }
+
+    /// Protects a packet whose unprotected `header` ends with a `pn_len`-byte packet number
+    /// `pn`, around `payload`: the packet as sent (tests and fuzzing).
+    ///
+    /// # Errors
+    /// The payload is too short to sample once encrypted.
+    pub fn seal(
+        &self,
+        header: &[u8],
+        pn: u64,
+        pn_len: usize,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, QuicError> {
+        let mut packet = header.to_vec();
+        let mut body = payload.to_vec();
+        let tag = self
+            .packet
+            .encrypt_in_place(pn, header, &mut body)
+            .map_err(|_| QuicError::Undecryptable)?;
+        packet.extend_from_slice(&body);
+        packet.extend_from_slice(tag.as_ref());
+        let pn_offset = header.len() - pn_len;
+        let sample: [u8; SAMPLE_LEN] = packet
+            .get(pn_offset + MAX_PN_LEN..pn_offset + MAX_PN_LEN + SAMPLE_LEN)
+            .and_then(|sample| sample.try_into().ok())
+            .ok_or(QuicError::Malformed("a packet too short to sample"))?;
+        let (head, rest) = packet.split_at_mut(pn_offset);
+        self.header
+            .encrypt_in_place(&sample, &mut head[0], &mut rest[..pn_len])
+            .map_err(|_| QuicError::Undecryptable)?;
+        Ok(packet)
+    }
+}
