@@ -244,7 +244,8 @@ impl ListenerMetrics {
 #[derive(Debug)]
 pub struct RouteMetrics {
     route: Arc<str>,
-    handles: OnceLock<RouteHandles>,
+    /// Boxed: a route that never sees a connection holds a pointer, not the handles' room.
+    handles: OnceLock<Box<RouteHandles>>,
 }
 
 /// The registered handles of one route.
@@ -299,7 +300,7 @@ impl RouteMetrics {
                     handles.closed(outcome);
                 }
             }
-            handles
+            Box::new(handles)
         })
     }
 }

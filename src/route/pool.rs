@@ -82,7 +82,8 @@ pub struct Member {
     ejections: AtomicU32,
     /// Ejected until this time (0: not ejected).
     ejected_until: AtomicU64,
-    handles: OnceLock<MemberHandles>,
+    /// Boxed: a member that never sees a connection or a check holds a pointer only.
+    handles: OnceLock<Box<MemberHandles>>,
 }
 
 /// The members a connection tries, in order.
@@ -415,7 +416,7 @@ impl Member {
         self.handles.get_or_init(|| {
             let handles = MemberHandles::new(&self.route, &self.address.to_string());
             handles.set_up(!self.checked_down.load(Relaxed) && self.ejections.load(Relaxed) == 0);
-            handles
+            Box::new(handles)
         })
     }
 
