@@ -12,7 +12,9 @@
 //! and names are resolved every [`FALLBACK_REFRESH`]. A failed resolution keeps the last good
 //! addresses, is logged and counted, and is retried after [`MIN_REFRESH`].
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,16 +39,26 @@ pub const FALLBACK_REFRESH: Duration = Duration::from_secs(30);
 /// One resolution's limit.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Resolves backend host names.
+/// A resolution's answer: the addresses, and how long they may be kept; or why there is none.
+pub type Answer = Result<(Vec<SocketAddr>, Duration), String>;
+
+/// Resolves backend host names: the system's DNS, or a test's script.
+pub trait Resolve: Send + Sync {
+    /// `host`'s addresses with `port`, and how long they may be kept.
+    fn resolve<'a>(
+        &'a self,
+        host: &'a ServerName,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
+}
+
+/// The resolver background work uses; cheap to clone.
 #[derive(Clone)]
-pub struct Resolver(Option<Arc<TokioResolver>>);
+pub struct Resolver(Arc<dyn Resolve>);
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(match self.0 {
-            Some(_) => "Resolver(dns)",
-            None => "Resolver(system)",
-        })
+        formatter.write_str("Resolver")
     }
 }
 
@@ -55,36 +67,48 @@ impl Resolver {
     pub fn system() -> Self {
         let built = TokioResolver::builder_tokio().and_then(|builder| builder.build());
         match built {
-            Ok(resolver) => Self(Some(Arc::new(resolver))),
+            Ok(resolver) => Self(Arc::new(SystemDns(Some(resolver)))),
             Err(error) => {
                 tracing::warn!(%error, "can't read the system's DNS config: backend host names are resolved with getaddrinfo, every 30s");
-                Self(None)
+                Self(Arc::new(SystemDns(None)))
             }
         }
     }
 
-    /// `host`'s addresses with `port`, and how long they may be kept.
-    async fn resolve(
-        &self,
-        host: &ServerName,
+    /// Resolves with `resolve` instead.
+    pub fn with(resolve: impl Resolve + 'static) -> Self {
+        Self(Arc::new(resolve))
+    }
+}
+
+/// hickory-resolver on the system's config, or getaddrinfo without one.
+struct SystemDns(Option<TokioResolver>);
+
+impl Resolve for SystemDns {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a ServerName,
         port: u16,
-    ) -> Result<(Vec<SocketAddr>, Duration), String> {
-        let Some(resolver) = &self.0 else {
-            let addresses = tokio::net::lookup_host((host.as_str(), port))
+    ) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(resolver) = &self.0 else {
+                let addresses = tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                return Ok((addresses.collect(), FALLBACK_REFRESH));
+            };
+            // A final dot: the name as written, not tried under resolv.conf's search domains
+            // first.
+            let lookup = resolver
+                .lookup_ip(format!("{}.", host.as_str()))
                 .await
                 .map_err(|error| error.to_string())?;
-            return Ok((addresses.collect(), FALLBACK_REFRESH));
-        };
-        // A final dot: the name as written, not tried under resolv.conf's search domains first.
-        let lookup = resolver
-            .lookup_ip(format!("{}.", host.as_str()))
-            .await
-            .map_err(|error| error.to_string())?;
-        let ttl = lookup
-            .valid_until()
-            .saturating_duration_since(std::time::Instant::now());
-        let addresses = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-        Ok((addresses, ttl))
+            let ttl = lookup
+                .valid_until()
+                .saturating_duration_since(std::time::Instant::now());
+            let addresses = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+            Ok((addresses, ttl))
+        })
     }
 }
 
@@ -161,7 +185,7 @@ async fn resolve_into(
         metrics::counter!(series::BACKEND_RESOLUTIONS, "route" => pool.route().to_owned(), "host" => format!("{host}:{port}"), "result" => result)
             .increment(1);
     };
-    let resolved = match timeout(RESOLVE_TIMEOUT, resolver.resolve(host, port)).await {
+    let resolved = match timeout(RESOLVE_TIMEOUT, resolver.0.resolve(host, port)).await {
         Ok(Ok((addresses, _))) if addresses.is_empty() => Err("no addresses".to_owned()),
         Ok(resolved) => resolved,
         Err(_elapsed) => Err("no answer in time".to_owned()),
@@ -268,7 +292,99 @@ fn note(member: &Member, change: Option<Change>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::config::{self, Backend, Balance};
+
+    /// Answers in turn, the last one again and again, counting the calls.
+    #[derive(Default)]
+    struct Script {
+        answers: Mutex<VecDeque<Answer>>,
+        calls: AtomicUsize,
+    }
+
+    struct Scripted(Arc<Script>);
+
+    impl Resolve for Scripted {
+        fn resolve<'a>(
+            &'a self,
+            _host: &'a ServerName,
+            _port: u16,
+        ) -> Pin<Box<dyn Future<Output = Answer> + Send + 'a>> {
+            self.0.calls.fetch_add(1, Ordering::Relaxed);
+            let mut answers = self.0.answers.lock().unwrap();
+            let answer = match answers.len() {
+                1 => answers[0].clone(),
+                _ => answers.pop_front().unwrap(),
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// Lets the resolution task run what is due.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A host name's members follow its answers, each kept for its TTL within bounds; a failed
+    /// resolution keeps the last good addresses and is retried soon.
+    #[tokio::test(start_paused = true)]
+    async fn a_host_name_follows_its_answers_and_keeps_the_last_good_one() {
+        let address = |last: u8| SocketAddr::from(([10, 0, 0, last], 443));
+        let script = Arc::new(Script::default());
+        script.answers.lock().unwrap().extend([
+            Ok((vec![address(1)], Duration::from_secs(1))),
+            Ok((vec![address(2), address(3)], Duration::from_secs(30))),
+            Err("SERVFAIL".to_owned()),
+            Ok((vec![address(4)], Duration::from_secs(86_400))),
+        ]);
+        let host = ServerName::parse(b"app.internal").unwrap();
+        let config = config::Pool {
+            members: vec![config::Member {
+                backend: Backend::Host(host.clone(), 443),
+                weight: 1,
+                position: (1, 1),
+            }],
+            balance: Balance::RoundRobin,
+            health: None,
+        };
+        let pool = Arc::new(Pool::new("r", &config, None));
+        let members =
+            || -> Vec<SocketAddr> { pool.members().iter().map(|member| member.address).collect() };
+        let calls = || script.calls.load(Ordering::Relaxed);
+        let resolver = Resolver::with(Scripted(script.clone()));
+        let task = tokio::spawn(resolutions(pool.clone(), 0, host, 443, resolver));
+
+        settle().await;
+        assert_eq!((calls(), members()), (1, vec![address(1)]));
+        // A 1 s TTL is kept for the shortest time, 5 s.
+        tokio::time::advance(MIN_REFRESH - Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(calls(), 1);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        assert_eq!((calls(), members()), (2, vec![address(2), address(3)]));
+        // After its 30 s, a failure: the last good addresses stay, and it is tried again soon.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        settle().await;
+        assert_eq!((calls(), members()), (3, vec![address(2), address(3)]));
+        tokio::time::advance(MIN_REFRESH).await;
+        settle().await;
+        assert_eq!((calls(), members()), (4, vec![address(4)]));
+        // A day's TTL is kept an hour at most.
+        tokio::time::advance(MAX_REFRESH - Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(calls(), 4);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(calls(), 5);
+        task.abort();
+    }
 
     /// An answer is kept for its TTL, within bounds: a zero TTL doesn't make a busy loop, a TTL
     /// of days doesn't pin a stale address.
