@@ -86,8 +86,15 @@ async fn scrape(
     };
     tokio::time::timeout(SCRAPE_PATIENCE, read_head).await??;
     const TEXT: &str = "text/plain; charset=utf-8";
-    let (status, content_type, body) = match requested(&head) {
-        Some("/metrics") => {
+    let (method, path) = requested(&head).unwrap_or(("", ""));
+    let known = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let (status, content_type, body) = match path {
+        _ if known && method != "GET" && method != "HEAD" => (
+            "405 Method Not Allowed",
+            TEXT,
+            "use GET or HEAD\n".to_owned(),
+        ),
+        "/metrics" => {
             metrics::counter!(series::LOG_LINES_DROPPED).absolute(crate::log::dropped_lines());
             metrics::gauge!(series::PENDING_HELLO_BYTES).set(shared.hello_budget.held() as f64);
             handle.run_upkeep();
@@ -97,30 +104,38 @@ async fn scrape(
                 handle.render(),
             )
         }
-        Some("/healthz") => ("200 OK", TEXT, "ok\n".to_owned()),
-        Some("/readyz") if shared.shutdown.draining.is_cancelled() => {
+        "/healthz" => ("200 OK", TEXT, "ok\n".to_owned()),
+        "/readyz" if shared.shutdown.draining.is_cancelled() => {
             ("503 Service Unavailable", TEXT, "draining\n".to_owned())
         }
-        Some("/readyz") => ("200 OK", TEXT, "ready\n".to_owned()),
+        "/readyz" => ("200 OK", TEXT, "ready\n".to_owned()),
         _ => (
             "404 Not Found",
             TEXT,
             "try GET /metrics, /healthz or /readyz\n".to_owned(),
         ),
     };
+    let allow = match status {
+        "405 Method Not Allowed" => "allow: GET, HEAD\r\n",
+        _ => "",
+    };
     let header = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{allow}connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(header.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if method != "HEAD" {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
 
-/// The path of a `GET` request head, without its query.
-fn requested(head: &[u8]) -> Option<&str> {
-    let line = head.strip_prefix(b"GET ")?;
-    let target = &line[..line.iter().position(|&byte| byte == b' ')?];
-    let path = target.split(|&byte| byte == b'?').next()?;
-    std::str::from_utf8(path).ok()
+/// The method and path (without its query) of a request head.
+fn requested(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head.split(|&byte| byte == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split(' ');
+    let method = words.next()?;
+    let path = words.next()?.split('?').next()?;
+    Some((method, path))
 }

@@ -58,8 +58,8 @@ enum Command {
         /// A protocol the hello offers in ALPN, in the client's order; repeat for several.
         #[arg(long, value_name = "PROTO")]
         alpn: Vec<String>,
-        /// The client's address: shows the backend `client_hash` picks for it.
-        #[arg(long, value_name = "ADDR")]
+        /// The client's IP address: shows the backend `client_hash` picks for it.
+        #[arg(long, value_name = "IP")]
         client: Option<std::net::IpAddr>,
     },
     /// Parse a captured ClientHello (raw TLS records from FILE, or stdin) and print what the
@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// a terminal. Keep the guard until exit: dropping it writes what is still buffered.
 fn init_logging(format: LogFormat) -> anyhow::Result<crate::log::FlushOnDrop> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNIROUTE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,notify=warn"));
     let (writer, guard) = crate::log::start().context("start the log writer")?;
     let builder = tracing_subscriber::fmt()
         .with_writer(writer.clone())
@@ -255,7 +255,17 @@ fn check(path: &Path) -> anyhow::Result<()> {
     let mut out = String::new();
     writeln!(out, "{}: ok", path.display())?;
     for listen in &config.listeners {
-        writeln!(out, "listen    {}", listen.address)?;
+        match listen.protocol {
+            config::Protocol::Tls => writeln!(out, "listen    {}", listen.address)?,
+            protocol => writeln!(out, "listen    {} ({protocol})", listen.address)?,
+        }
+    }
+    if let Some(metrics) = &config.metrics {
+        writeln!(
+            out,
+            "metrics   {} (/metrics, /healthz, /readyz)",
+            metrics.address
+        )?;
     }
     let timeouts = config.timeouts;
     writeln!(

@@ -95,10 +95,22 @@ impl Server {
         refuse_loops(path, config)?;
         // The recorder goes in before any handle is made, or those handles would record nothing.
         let metrics = match &config.metrics {
-            Some(listen) => Some(MetricsSocket::bind(path, listen).await?),
+            Some(listen) => Some(MetricsSocket::bind(path, listen).await),
             None => None,
+        }
+        .transpose();
+        let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new(), workers).await;
+        // Both are tried, so that of two addresses in use the first in the file is the one named.
+        let (metrics, listeners) = match (metrics, listeners) {
+            (Ok(metrics), Ok(listeners)) => (metrics, listeners),
+            (Err(error), Ok(_)) | (Ok(_), Err(error)) => return Err(error),
+            (Err(metrics), Err(listeners)) => {
+                return Err(match metrics.position < listeners.position {
+                    true => metrics,
+                    false => listeners,
+                })
+            }
         };
-        let listeners = bind_listeners(path, config, &HashMap::<_, ()>::new(), workers).await?;
         let report = ReloadReport {
             listeners: listeners
                 .iter()

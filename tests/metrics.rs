@@ -196,6 +196,24 @@ async fn metrics_count_real_traffic_by_route_and_outcome() {
     assert!(!text.contains("route=\"none\",outcome=\"ok\""), "{text}");
 
     assert!(scrape(metrics, "/healthz").await.ends_with("\r\n\r\nok\n"));
+    for (request, answer) in [
+        ("HEAD /readyz HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK\r\n"),
+        (
+            "POST /readyz HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let response = String::from_utf8(read_until_closed(&mut stream).await).unwrap();
+        assert!(response.starts_with(answer), "{response}");
+        assert!(
+            response.ends_with("\r\n\r\n") || answer.contains("405"),
+            "{response}"
+        );
+    }
     assert!(scrape(metrics, "/readyz")
         .await
         .ends_with("\r\n\r\nready\n"));
