@@ -263,7 +263,8 @@ impl Server {
                     // table serves.
                     let live = Live::new(&config, Some(&self.live.load()));
                     pools::resolve_new(&live.table, &self.resolver, config.timeouts.connect).await;
-                    let (before, after) = (route_names(&self.live.load()), route_names(&live));
+                    let old = self.live.load();
+                    let (before, after) = (route_names(&old), route_names(&live));
                     let changed = Changed {
                         routes_added: after.difference(&before).count(),
                         routes_removed: before.difference(&after).count(),
@@ -431,10 +432,10 @@ struct Changed {
 }
 
 /// The route names of a table, `[default]` included.
-fn route_names(live: &Live) -> std::collections::HashSet<String> {
+fn route_names(live: &Live) -> std::collections::HashSet<&str> {
     live.table
         .routes()
-        .map(|route| route.name.clone())
+        .map(|route| route.name.as_str())
         .collect()
 }
 

@@ -364,17 +364,15 @@ async fn a_tls_check_offers_the_routes_name() {
     let checks = |route: &str, result: &str| {
         format!("sniroute_backend_health_checks_total{{route=\"{route}\",backend=\"{address}\",result=\"{result}\"}}")
     };
-    let page = guard(async {
-        loop {
-            let page = scrape(proxy.metrics(), "/metrics").await;
-            if metric(&page, &checks("app", "ok")) > 0.0
-                && metric(&page, &checks("default", "failed")) > 0.0
-            {
-                return page;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
+    let page = scrape_until(
+        proxy.metrics(),
+        "sniroute_backend_health_checks_total",
+        "a passed check of app and a failed one of default",
+        |page| {
+            metric(page, &checks("app", "ok")) > 0.0
+                && metric(page, &checks("default", "failed")) > 0.0
+        },
+    )
     .await;
     assert_eq!(metric(&page, &checks("app", "failed")), 0.0, "{page}");
     assert_eq!(metric(&page, &checks("default", "ok")), 0.0, "{page}");

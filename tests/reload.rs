@@ -268,16 +268,21 @@ async fn a_reload_adds_moves_and_removes_the_metrics_endpoint() {
     proxy.shutdown().await;
 }
 
-/// Waits, reload after reload, until `name` is answered by `expected` (a file change may take
+/// Waits, reload after reload, until `name`'s answer satisfies `done` (a file change may take
 /// more than one reload to show: the watcher sees every step of a kubelet's update).
-async fn wait_until_answered(proxy: &mut Proxy, name: &str, expected: &str) {
+async fn wait_until(proxy: &mut Proxy, name: &str, done: impl Fn(&str) -> bool) {
     loop {
         let before = proxy.reload_count();
-        if who_answers(proxy.address, name, &[]).await == expected {
+        if done(&who_answers(proxy.address, name, &[]).await) {
             return;
         }
         proxy.next_reload(before).await;
     }
+}
+
+/// Waits until `name` is answered by `expected`.
+async fn wait_until_answered(proxy: &mut Proxy, name: &str, expected: &str) {
+    wait_until(proxy, name, |answer| answer == expected).await;
 }
 
 /// Tenant files (`include`): adding one starts routing its names with no signal, a broken one
@@ -332,13 +337,7 @@ async fn tenant_files_added_broken_and_removed_reload_without_a_signal() {
     std::fs::remove_file(tenants.join("b.toml")).unwrap();
     let report = proxy.next_reload(before).await;
     assert_eq!(report.refused, None);
-    loop {
-        let before = proxy.reload_count();
-        if who_answers(proxy.address, "b.test", &[]).await != "b" {
-            break;
-        }
-        proxy.next_reload(before).await;
-    }
+    wait_until(&mut proxy, "b.test", |answer| answer != "b").await;
     proxy.shutdown().await;
 }
 

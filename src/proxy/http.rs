@@ -32,7 +32,7 @@ pub(super) async fn head_and_route<'a, 's>(
 ) -> Next<'s> {
     let sniffed = client.sniff_head(live, listener, shared).await;
     log.client = client.origin().source;
-    let (head, replay) = match sniffed {
+    let (mut head, replay) = match sniffed {
         Ok(sniffed) => sniffed,
         Err(error) => {
             let ending = match error {
@@ -54,14 +54,15 @@ pub(super) async fn head_and_route<'a, 's>(
             return Next::Done(ending);
         }
     };
-    log.host(head.host.clone());
-    let decision = live.table.lookup(head.host.as_ref(), &Alpn::default());
+    let named = head.host.is_some();
+    log.host(head.host.take());
+    let decision = live.table.lookup(log.offer().0, &Alpn::default());
     log.metrics = decision.metrics;
     let (Some(route), Some(pool)) = (decision.route, decision.http_pool) else {
         drop(replay);
-        let (code, reason) = match head.host {
-            Some(_) => (421, "Misdirected Request"),
-            None => (404, "Not Found"),
+        let (code, reason) = match named {
+            true => (421, "Misdirected Request"),
+            false => (404, "Not Found"),
         };
         respond(&mut client.socket, code, reason, None).await;
         return Next::Done(Ending::new(Outcome::NoRoute, Side::Client));
@@ -90,7 +91,7 @@ pub(super) async fn head_and_route<'a, 's>(
         return Next::Done(Ending::new(Outcome::Redirected, Side::Internal));
     }
     let tlvs = Tlvs {
-        authority: head.host.as_ref().map(|name| name.as_str()),
+        authority: log.offer().0.map(|name| name.as_str()),
         alpn: None,
         ssl: None,
     };

@@ -446,16 +446,20 @@ pub async fn connect_from(source: &str, proxy: SocketAddr) -> TcpStream {
     socket.connect(proxy).await.unwrap()
 }
 
-/// Waits until `GET /metrics` shows a line starting with `series` (name and labels) with value
-/// `value`, and returns it. Metrics change with no event to wait on, so this polls, under the
-/// hang guard.
-pub async fn wait_for_metric(address: SocketAddr, series: &str, value: &str) {
-    let wanted = format!("{series} {value}");
+/// Scrapes `GET /metrics` until `done` says the page is the one waited for, and returns it.
+/// Metrics change with no event to wait on, so this polls, under the hang guard; `what` names
+/// the wait when it hangs (with the last page's lines for `series`).
+pub async fn scrape_until(
+    address: SocketAddr,
+    series: &str,
+    what: &str,
+    mut done: impl FnMut(&str) -> bool,
+) -> String {
     let mut last = String::new();
     let waited = tokio::time::timeout(HANG_GUARD, async {
         loop {
             last = scrape(address, "/metrics").await;
-            if last.lines().any(|line| line == wanted) {
+            if done(&last) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -465,8 +469,18 @@ pub async fn wait_for_metric(address: SocketAddr, series: &str, value: &str) {
     if waited.is_err() {
         let name = series.split('{').next().unwrap_or(series);
         let seen: Vec<&str> = last.lines().filter(|line| line.starts_with(name)).collect();
-        panic!("hung: waiting for {wanted}, last seen {seen:?}");
+        panic!("hung: waiting for {what}, last seen {seen:?}");
     }
+    last
+}
+
+/// Waits until `GET /metrics` shows `series` (name and labels) with value `value`.
+pub async fn wait_for_metric(address: SocketAddr, series: &str, value: &str) {
+    let wanted = format!("{series} {value}");
+    scrape_until(address, series, &wanted, |page| {
+        page.lines().any(|line| line == wanted)
+    })
+    .await;
 }
 
 /// The value of `series` (name and labels) in a `/metrics` page; 0 when it isn't there.
