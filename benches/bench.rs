@@ -45,6 +45,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+mod quic;
+
 /// Client tasks in the closed-loop measurements.
 const CONCURRENCY: usize = 64;
 /// Connections being opened at once while filling the idle set.
@@ -116,7 +118,7 @@ struct Args {
     /// Idle connections held for the memory figure.
     #[arg(long, default_value_t = 4000)]
     idle: usize,
-    /// Only these figures (connections, throughput, latency, idle), without the TLS and
+    /// Only these figures (connections, throughput, latency, idle, quic), without the TLS and
     /// micro-benchmark tables: for iterating on one figure.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -323,6 +325,14 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
             Err(error) => format!("TLS handshakes: failed: {error:#}\n"),
         },
     };
+    let quic_only = bench.only.iter().any(|only| only == "quic");
+    let quic = match bench.only.is_empty() || quic_only {
+        false => String::new(),
+        true => match quic::flows(&bench, runs).await {
+            Ok(table) => table.render("QUIC (quinn client and backend), one route"),
+            Err(error) => format!("QUIC: failed: {error:#}\n"),
+        },
+    };
     if targets.iter().any(|target| target.failure.is_some()) {
         notes.push(format!("logs and configs kept in {}", bench.root.display()));
     } else {
@@ -334,7 +344,7 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
          open loop at {} connections/s, from each scheduled start. RSS: {} idle connections on a \
          fresh instance of each proxy (allocators keep freed memory: an instance that already \
          served a run would hide the cost).\n\n{}{}\nClient crypto runs in the bench process, \
-         on the same cores.\n\n{tls}",
+         on the same cores.\n\n{tls}\n{quic}",
         bench.window.as_secs_f64(),
         bench.rate,
         bench.idle,

@@ -48,6 +48,10 @@ pub const LOG_LINES_DROPPED: &str = "sniroute_log_lines_dropped_total";
 pub const ACCEPT_ERRORS: &str = "sniroute_accept_errors_total";
 /// Gauge: bytes held by the buffers of hellos still arriving (`limits.max_pending_hello_bytes`).
 pub const PENDING_HELLO_BYTES: &str = "sniroute_pending_hello_bytes";
+/// Counter: datagrams a quic listener dropped, by `listener` and `reason` ([`QuicDrop`]).
+pub const QUIC_DROPPED: &str = "sniroute_quic_dropped_total";
+/// Counter: datagrams forwarded by QUIC flows, by route and `direction`, counted as flows end.
+pub const QUIC_DATAGRAMS: &str = "sniroute_quic_datagrams_total";
 
 /// Gauge: 1 while a backend is in rotation (passing its checks, not ejected), by route and
 /// backend address.
@@ -180,6 +184,14 @@ fn describe() {
         ACCEPT_ERRORS,
         "Failed accepts (out of file descriptors, say), by listener."
     );
+    describe_counter!(
+        QUIC_DROPPED,
+        "Datagrams a quic listener dropped, by listener and reason."
+    );
+    describe_counter!(
+        QUIC_DATAGRAMS,
+        "Datagrams forwarded by QUIC flows, by route and direction (counted as flows end)."
+    );
     describe_gauge!(
         PENDING_HELLO_BYTES,
         "Bytes held by the buffers of hellos still arriving."
@@ -225,6 +237,88 @@ pub struct ListenerMetrics {
     pub over_max_pending: Counter,
     /// `sniroute_accept_errors_total{listener}`.
     pub accept_errors: Counter,
+    /// `sniroute_quic_dropped_total{listener, reason}`, by [`QuicDrop`]; registered on first
+    /// use (only quic listeners drop datagrams).
+    quic_dropped: [OnceLock<Counter>; QuicDrop::ALL.len()],
+    address: metrics::SharedString,
+}
+
+/// Why a quic listener dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicDrop {
+    /// A long header of a version sniroute doesn't read (the client falls back to TCP).
+    UnknownVersion,
+    /// A header, frame or Initial that doesn't add up, or a hello that doesn't parse.
+    Malformed,
+    /// An Initial packet whose protection doesn't come off.
+    Undecryptable,
+    /// A frame an Initial may not carry.
+    ProtocolViolation,
+    /// Not an Initial, and of no flow known.
+    NoFlow,
+    /// A new flow past `limits.max_quic_flows`.
+    MaxFlows,
+    /// A new flow from an address with `limits.max_pending_per_ip` pending already.
+    PendingLimit,
+    /// A pending flow's datagram past `limits.max_pending_hello_bytes` for all of them.
+    HelloBudget,
+    /// A pending flow's datagram past what one may hold.
+    PendingFull,
+    /// A new flow on a listener that is closing (a drain, or removed by a reload).
+    Closing,
+    /// The socket towards the backend couldn't take it.
+    SendFailed,
+    /// The listener's socket reported an error.
+    ReceiveError,
+}
+
+impl QuicDrop {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 12] = [
+        Self::UnknownVersion,
+        Self::Malformed,
+        Self::Undecryptable,
+        Self::ProtocolViolation,
+        Self::NoFlow,
+        Self::MaxFlows,
+        Self::PendingLimit,
+        Self::HelloBudget,
+        Self::PendingFull,
+        Self::Closing,
+        Self::SendFailed,
+        Self::ReceiveError,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownVersion => "unknown_version",
+            Self::Malformed => "malformed",
+            Self::Undecryptable => "undecryptable",
+            Self::ProtocolViolation => "protocol_violation",
+            Self::NoFlow => "no_flow",
+            Self::MaxFlows => "max_quic_flows",
+            Self::PendingLimit => "max_pending_per_ip",
+            Self::HelloBudget => "max_pending_hello_bytes",
+            Self::PendingFull => "pending_full",
+            Self::Closing => "closing",
+            Self::SendFailed => "send_failed",
+            Self::ReceiveError => "receive_error",
+        }
+    }
+
+    /// The reason for a refused Initial.
+    pub fn of(error: &crate::quic::QuicError) -> Self {
+        use crate::quic::QuicError;
+        match error {
+            QuicError::UnknownVersion(_) => Self::UnknownVersion,
+            QuicError::Undecryptable => Self::Undecryptable,
+            QuicError::ProtocolViolation(_) => Self::ProtocolViolation,
+            QuicError::Malformed(_) | QuicError::ClientClosed | QuicError::Hello(_) => {
+                Self::Malformed
+            }
+        }
+    }
 }
 
 impl ListenerMetrics {
@@ -235,7 +329,20 @@ impl ListenerMetrics {
             over_max_connections: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_connections"),
             over_max_pending: metrics::counter!(CONNECTIONS_REJECTED, "reason" => "max_pending_per_ip"),
             accept_errors: metrics::counter!(ACCEPT_ERRORS, "listener" => address.to_owned()),
+            quic_dropped: Default::default(),
+            address: address.to_owned().into(),
         }
+    }
+
+    /// `sniroute_quic_dropped_total` for `reason`.
+    pub fn quic_dropped(&self, reason: QuicDrop) -> &Counter {
+        let index = QuicDrop::ALL
+            .iter()
+            .position(|&other| other == reason)
+            .unwrap_or(0);
+        self.quic_dropped[index].get_or_init(|| {
+            metrics::counter!(QUIC_DROPPED, "listener" => self.address.clone(), "reason" => reason.as_str())
+        })
     }
 }
 
@@ -263,6 +370,9 @@ pub struct RouteHandles {
     /// for the outcomes that can end a connection of this kind ([`Outcome::before_route`] for
     /// `route="none"`, [`Outcome::after_route`] for a route), any other on first use.
     closed: Vec<OnceLock<Counter>>,
+    /// `sniroute_quic_datagrams_total`, to the backend and to the client: registered when a
+    /// QUIC flow of the route first ends.
+    quic_datagrams: [OnceLock<Counter>; 2],
     route: metrics::SharedString,
 }
 
@@ -289,6 +399,7 @@ impl RouteMetrics {
                 duration: metrics::histogram!(CONNECTION_DURATION, "route" => route.clone()),
                 connect_duration: metrics::histogram!(BACKEND_CONNECT_DURATION, "route" => route.clone()),
                 closed: Outcome::ALL.iter().map(|_| OnceLock::new()).collect(),
+                quic_datagrams: Default::default(),
                 route,
             };
             for outcome in Outcome::ALL {
@@ -306,6 +417,17 @@ impl RouteMetrics {
 }
 
 impl RouteHandles {
+    /// `sniroute_quic_datagrams_total` to the backend, or to the client.
+    pub fn quic_datagrams(&self, to_backend: bool) -> &Counter {
+        let direction = match to_backend {
+            true => "to_backend",
+            false => "to_client",
+        };
+        self.quic_datagrams[usize::from(!to_backend)].get_or_init(|| {
+            metrics::counter!(QUIC_DATAGRAMS, "route" => self.route.clone(), "direction" => direction)
+        })
+    }
+
     /// `sniroute_connections_closed_total` for `outcome`.
     pub fn closed(&self, outcome: Outcome) -> &Counter {
         self.closed[outcome.index()].get_or_init(|| {

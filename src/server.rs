@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError, Listen, ListenKey};
 use crate::metrics as series;
-use crate::proxy::{pools, Listener, ListenerContext, Live, Shared};
+use crate::proxy::{pools, Listener, ListenerContext, Live, Shared, Sockets};
 use crate::watch::ConfigWatch;
 use crate::workers::{self, Workers};
 
@@ -182,6 +182,7 @@ impl Server {
             accept_loops: &accept_loops,
             admin: &admin,
             listeners: HashMap::new(),
+            quic_listeners: 0,
             metrics: None,
         };
         for (configured, listener) in std::mem::take(&mut self.listeners) {
@@ -518,6 +519,8 @@ struct Running<'a> {
     pool_work: CancellationToken,
     /// Each listener by the (protocol, address) routes.toml gives it.
     listeners: HashMap<ListenKey, RunningListener>,
+    /// Quic listeners started so far, to spread them over the workers.
+    quic_listeners: usize,
     metrics: Option<RunningMetrics>,
 }
 
@@ -537,18 +540,39 @@ impl Running<'_> {
                 loops: loops.clone(),
             },
         );
-        for (socket, worker) in listener.sockets.into_iter().zip(self.workers.handles()) {
-            self.accept_loops.spawn_on(
-                loops.track_future(crate::proxy::accept(
-                    socket,
-                    listener.context.clone(),
-                    server.live.clone(),
-                    self.shared.clone(),
-                    self.connections.clone(),
-                    stop.clone(),
-                )),
-                worker,
-            );
+        let workers = self.workers.handles();
+        match listener.sockets {
+            Sockets::Tcp(sockets) => {
+                for (socket, worker) in sockets.into_iter().zip(workers) {
+                    self.accept_loops.spawn_on(
+                        loops.track_future(crate::proxy::accept(
+                            socket,
+                            listener.context.clone(),
+                            server.live.clone(),
+                            self.shared.clone(),
+                            self.connections.clone(),
+                            stop.clone(),
+                        )),
+                        worker,
+                    );
+                }
+            }
+            Sockets::Udp(socket) => {
+                // Quic listeners spread over the workers, one each.
+                let worker = &workers[self.quic_listeners % workers.len()];
+                self.quic_listeners += 1;
+                self.accept_loops.spawn_on(
+                    loops.track_future(crate::proxy::serve_quic(
+                        socket,
+                        listener.context.clone(),
+                        server.live.clone(),
+                        self.shared.clone(),
+                        self.connections.clone(),
+                        stop,
+                    )),
+                    worker,
+                );
+            }
         }
     }
 
@@ -709,18 +733,24 @@ fn is_local(ip: std::net::IpAddr) -> bool {
         || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
-/// Binds `listen` (which routes.toml names as `key`) with one socket per worker, or says which
-/// line couldn't be bound.
+/// Binds `listen` (which routes.toml names as `key`): with one socket per worker for TCP, one
+/// socket for UDP; or says which line couldn't be bound.
 fn bind(
     path: &Path,
     listen: &Listen,
     workers: usize,
     key: &str,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ConfigError> {
-    let bound = worker_sockets(listen, workers).and_then(|sockets| {
-        let address = sockets[0].local_addr()?;
-        Ok((sockets, address))
-    });
+) -> Result<(Sockets, SocketAddr), ConfigError> {
+    let bound = match listen.protocol.is_udp() {
+        true => std::net::UdpSocket::bind(listen.address).and_then(|socket| {
+            let address = socket.local_addr()?;
+            Ok((Sockets::Udp(socket), address))
+        }),
+        false => worker_sockets(listen, workers).and_then(|sockets| {
+            let address = sockets[0].local_addr()?;
+            Ok((Sockets::Tcp(sockets), address))
+        }),
+    };
     bound.map_err(|error| bind_error(path, listen, key, &error))
 }
 

@@ -27,6 +27,10 @@ pub struct Timeouts {
     /// From a trusted source, the PROXY protocol header must arrive within this, from accept.
     /// Default 5 s; past it the connection is closed (outcome `bad_proxy_header`).
     pub proxy_header: Duration,
+    /// A QUIC flow with no datagram either way for this long is forgotten. Default 60 s: longer
+    /// than the idle timeouts QUIC endpoints negotiate (quinn and Chromium: 30 s), so a flow
+    /// outlives the connection it carries.
+    pub quic_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -37,6 +41,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(3600),
             drain: Duration::from_secs(30),
             proxy_header: Duration::from_secs(5),
+            quic_idle: Duration::from_secs(60),
         }
     }
 }
@@ -59,6 +64,10 @@ pub struct Limits {
     /// connection whose hello would take more is closed (outcome `hello_budget`) while the ones
     /// already waiting keep theirs.
     pub max_pending_hello_bytes: usize,
+    /// QUIC flows (routed or still reading their Initials) at most, per quic listener. Default
+    /// 10,000 (each routed flow holds a UDP socket towards its backend); past it a new flow's
+    /// Initials are dropped and counted (the client falls back to TCP).
+    pub max_quic_flows: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +77,7 @@ impl Default for Limits {
             max_client_hello: 65_536,
             max_pending_per_ip: 64,
             max_pending_hello_bytes: 64 << 20,
+            max_quic_flows: 10_000,
         }
     }
 }
@@ -77,6 +87,7 @@ const MAX_CONNECTIONS: Range<i64> = 1..10_000_001;
 const MAX_CLIENT_HELLO: Range<i64> = 512..16_777_217;
 const MAX_PENDING_PER_IP: Range<i64> = 0..1_000_001;
 const MAX_PENDING_HELLO_BYTES: Range<i64> = (1 << 16)..(1 << 40) + 1;
+const MAX_QUIC_FLOWS: Range<i64> = 1..1_000_001;
 
 pub(super) fn timeouts(source: Source<'_>, raw: &RawTimeouts) -> Result<Timeouts, ConfigError> {
     let defaults = Timeouts::default();
@@ -90,6 +101,7 @@ pub(super) fn timeouts(source: Source<'_>, raw: &RawTimeouts) -> Result<Timeouts
         idle: duration(&raw.idle, "idle", defaults.idle)?,
         drain: duration(&raw.drain, "drain", defaults.drain)?,
         proxy_header: duration(&raw.proxy_header, "proxy_header", defaults.proxy_header)?,
+        quic_idle: duration(&raw.quic_idle, "quic_idle", defaults.quic_idle)?,
     })
 }
 
@@ -154,6 +166,12 @@ pub(super) fn limits(source: Source<'_>, raw: &RawLimits) -> Result<Limits, Conf
             "max_pending_hello_bytes",
             MAX_PENDING_HELLO_BYTES,
             defaults.max_pending_hello_bytes,
+        )?,
+        max_quic_flows: bounded(
+            &raw.max_quic_flows,
+            "max_quic_flows",
+            MAX_QUIC_FLOWS,
+            defaults.max_quic_flows,
         )?,
     })
 }

@@ -10,13 +10,22 @@ use super::error::{quoted, ConfigError, Source};
 use super::raw::RawListen;
 use crate::proxy_protocol::Cidr;
 
-/// What a listener speaks. `quic` is refused by name ("not supported yet") until it lands.
+/// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// TLS over TCP: routed by the ClientHello (the default).
     Tls,
     /// Plaintext HTTP/1.x: routed by the request's Host (SPEC "Port 80").
     Http,
+    /// QUIC over UDP: routed by the ClientHello in its Initial packets (SPEC "QUIC").
+    Quic,
+}
+
+impl Protocol {
+    /// Whether it runs over UDP (a UDP and a TCP listener may share an address).
+    pub fn is_udp(self) -> bool {
+        self == Self::Quic
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -24,6 +33,7 @@ impl fmt::Display for Protocol {
         formatter.write_str(match self {
             Self::Tls => "tls",
             Self::Http => "http",
+            Self::Quic => "quic",
         })
     }
 }
@@ -72,18 +82,15 @@ pub(super) fn listeners(
             Some(protocol) => match protocol.get_ref().as_str() {
                 "tls" => Protocol::Tls,
                 "http" => Protocol::Http,
-                "quic" => {
-                    return Err(source.at(
-                        protocol,
-                        format!("{key}.protocol"),
-                        format!("{} is not supported yet", protocol.get_ref()),
-                    ))
-                }
+                "quic" => Protocol::Quic,
                 other => {
                     return Err(source.at(
                         protocol,
                         format!("{key}.protocol"),
-                        format!("expected \"tls\" or \"http\", found {}", quoted(other)),
+                        format!(
+                            "expected \"tls\", \"http\" or \"quic\", found {}",
+                            quoted(other)
+                        ),
                     ))
                 }
             },
@@ -91,7 +98,22 @@ pub(super) fn listeners(
         let mut parsed = socket_address(source, &table.address, &format!("{key}.address"))?;
         parsed.protocol = protocol;
         parsed.reuse_port = table.reuse_port.unwrap_or(false);
+        if protocol.is_udp() && parsed.reuse_port {
+            return Err(source.at(
+                &table.address,
+                format!("{key}.reuse_port"),
+                "not on a quic listener: the kernel would split a client whose port changes \
+                 from its flow",
+            ));
+        }
         if let Some(proxy) = &table.proxy_protocol {
+            if let (Protocol::Quic, Some(first)) = (protocol, proxy.trusted.first()) {
+                return Err(source.at(
+                    first,
+                    format!("{key}.proxy_protocol"),
+                    "a quic listener takes no PROXY header (UDP datagrams carry none)",
+                ));
+            }
             for (position, range) in proxy.trusted.iter().enumerate() {
                 let cidr = Cidr::parse(range.get_ref()).map_err(|message| {
                     source.at(
@@ -103,11 +125,9 @@ pub(super) fn listeners(
                 parsed.proxy_trusted.push(cidr);
             }
         }
-        if let Some((earlier, other)) = listeners
-            .iter()
-            .enumerate()
-            .find(|(_, other)| other.protocol == parsed.protocol && overlap(other, &parsed))
-        {
+        if let Some((earlier, other)) = listeners.iter().enumerate().find(|(_, other)| {
+            other.protocol.is_udp() == parsed.protocol.is_udp() && overlap(other, &parsed)
+        }) {
             let what = if other.address == parsed.address {
                 "same address as".to_owned()
             } else {

@@ -139,6 +139,34 @@ impl Config {
             .as_ref()
             .map(|default| route::default_from_raw(source, default))
             .transpose()?;
+        // Every route is reachable from every listener, and QUIC is passthrough only.
+        if let Some(quic) = listeners.iter().position(|listen| listen.protocol.is_udp()) {
+            let terminating = written
+                .iter()
+                .map(|written| {
+                    let key = format!("route[{}].terminate", written.index);
+                    (written.source, &written.raw.get_ref().terminate, key)
+                })
+                .chain(raw.default.iter().map(|default| {
+                    (
+                        source,
+                        &default.get_ref().terminate,
+                        "default.terminate".to_owned(),
+                    )
+                }));
+            for (source, terminate, key) in terminating {
+                if let Some(terminate) = terminate {
+                    return Err(source.at(
+                        terminate,
+                        key,
+                        format!(
+                            "listen[{quic}] is a quic listener, and QUIC is passthrough only: \
+                             serve this name from a config without one"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Self {
             listeners,
             timeouts,

@@ -60,6 +60,7 @@ pub(super) struct RawTimeouts {
     pub idle: Option<Spanned<String>>,
     pub drain: Option<Spanned<String>>,
     pub proxy_header: Option<Spanned<String>>,
+    pub quic_idle: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +70,7 @@ pub(super) struct RawLimits {
     pub max_client_hello: Option<Spanned<i64>>,
     pub max_pending_per_ip: Option<Spanned<i64>>,
     pub max_pending_hello_bytes: Option<Spanned<i64>>,
+    pub max_quic_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

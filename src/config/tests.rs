@@ -74,12 +74,24 @@ fn overlapping_alpn_for_one_name_is_refused_at_the_later_route() {
     );
 }
 
+/// A quic listener may share a TCP listener's address; what UDP can't carry is refused.
 #[test]
-fn keys_of_later_releases_are_refused_by_name() {
-    assert_eq!(
-        error_line(&format!("{LISTEN}protocol = \"quic\"\n")),
-        "routes.toml:3:12: listen[0].protocol: quic is not supported yet"
-    );
+fn quic_listeners_share_tcp_addresses_and_refuse_what_udp_cant_carry() {
+    let quic = format!("{LISTEN}[[listen]]\naddress = \"127.0.0.1:8443\"\nprotocol = \"quic\"\n");
+    let config = parse(&quic).unwrap();
+    assert_eq!(config.listeners[1].protocol, Protocol::Quic);
+    let cases = [
+        (format!("{LISTEN}[[listen]]\naddress = \"127.0.0.1:8443\"\nprotocol = \"http\"\n"), "routes.toml:4:11: listen[1].address: same address as listen[0]"),
+        (format!("{quic}[[listen]]\naddress = \"0.0.0.0:8443\"\nprotocol = \"quic\"\n"), "routes.toml:7:11: listen[2].address: 127.0.0.1:8443 overlaps listen[1]"),
+        (format!("{LISTEN}protocol = \"quic\"\nreuse_port = true\n"), "routes.toml:2:11: listen[0].reuse_port: not on a quic listener: the kernel would split a client whose port changes from its flow"),
+        (format!("{LISTEN}protocol = \"quic\"\nproxy_protocol = {{ trusted = [\"10.0.0.0/8\"] }}\n"), "routes.toml:4:31: listen[0].proxy_protocol: a quic listener takes no PROXY header (UDP datagrams carry none)"),
+        (format!("{LISTEN}protocol = \"udp\"\n"), "routes.toml:3:12: listen[0].protocol: expected \"tls\", \"http\" or \"quic\", found \"udp\""),
+        (format!("{LISTEN}[timeouts]\nquic_idle = \"0s\"\n"), "routes.toml:4:13: timeouts.quic_idle: expected a duration above zero"),
+        (format!("{LISTEN}[limits]\nmax_quic_flows = 0\n"), "routes.toml:4:18: limits.max_quic_flows: expected 1 to 1000000, found 0"),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_line(&text), expected, "{text}");
+    }
 }
 
 /// Every fault in a pool's keys is one line at the value at fault.

@@ -20,12 +20,21 @@ use super::{connection, Live, Outcome, Side};
 /// Longest pause after failed accepts before trying again.
 pub(crate) const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A bound listening socket and what its connections share.
+/// A listener's bound sockets.
+#[derive(Debug)]
+pub enum Sockets {
+    /// TCP: one listening socket per worker, in one `SO_REUSEPORT` group, each accepted on by
+    /// its own worker thread.
+    Tcp(Vec<std::net::TcpListener>),
+    /// UDP (quic): one socket, served by one worker, which keeps the listener's flow table.
+    Udp(std::net::UdpSocket),
+}
+
+/// A bound listener and what its connections share.
 #[derive(Debug)]
 pub struct Listener {
-    /// One handle on the socket per worker (duplicated descriptors), each accepted on by its own
-    /// worker thread.
-    pub sockets: Vec<std::net::TcpListener>,
+    /// Its sockets.
+    pub sockets: Sockets,
     /// Its local address.
     pub address: SocketAddr,
     /// Whether it was bound with `SO_REUSEPORT` (a reload can't change that).

@@ -34,6 +34,10 @@ pub(super) enum Cause {
     Connect(ConnectError),
     /// The TLS handshake's error (terminate routes).
     Tls(TlsError),
+    /// A QUIC flow's Initials were refused.
+    Quic(crate::quic::QuicError),
+    /// A socket's error.
+    Io(super::IoCause),
 }
 
 impl fmt::Display for Cause {
@@ -43,6 +47,8 @@ impl fmt::Display for Cause {
             Self::Sniff(error) => error.fmt(formatter),
             Self::Connect(error) => error.fmt(formatter),
             Self::Tls(error) => error.fmt(formatter),
+            Self::Quic(error) => error.fmt(formatter),
+            Self::Io(error) => error.fmt(formatter),
         }
     }
 }
@@ -102,11 +108,11 @@ impl<'a> AccessLog<'a> {
         self.start.elapsed()
     }
 
-    /// Keeps what the log line needs of `hello`.
-    pub(super) fn hello(&mut self, hello: &mut ClientHello) {
+    /// Keeps what the log line needs of `hello`, which came by `transport`.
+    pub(super) fn hello(&mut self, hello: &mut ClientHello, transport: Transport) {
         // Two SHA-256s: only for a line that will be written.
         if crate::log::access_lines().is_some() {
-            self.ja4 = Some(hello.ja4(Transport::Tcp));
+            self.ja4 = Some(hello.ja4(transport));
         }
         self.ech = hello.ech;
         self.server_name = hello.server_name.take();

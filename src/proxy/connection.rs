@@ -29,6 +29,7 @@ use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
 use crate::config::{Protocol, Route, Target, Terminate};
+use crate::hello::Transport;
 use crate::proxy_protocol::{self, Addresses, Tlvs};
 use crate::route::{Open, Pool};
 
@@ -147,9 +148,12 @@ async fn setup<'a, 's>(
 ) -> (TcpStream, Next<'s>) {
     let mut client = ClientStream::new(socket, log.client, live, shared);
     let next = match listener.protocol {
-        Protocol::Tls => sniff_and_route(&mut client, live, &listener, shared, log).await,
         Protocol::Http => {
             super::http::head_and_route(&mut client, live, &listener, shared, log).await
+        }
+        // A quic listener has no TCP socket: its datagrams go to quic.rs.
+        Protocol::Tls | Protocol::Quic => {
+            sniff_and_route(&mut client, live, &listener, shared, log).await
         }
     };
     (client.socket, next)
@@ -175,7 +179,7 @@ async fn sniff_and_route<'a, 's>(
     if shared.replayed.is_own(hello.random_prefix) {
         // Our own replayed hello, back through a routing loop: close it at once, no alert (the
         // other end is this process).
-        log.hello(&mut hello);
+        log.hello(&mut hello, Transport::Tcp);
         return Next::Done(Ending::new(Outcome::RoutingLoop, Side::Internal));
     }
     let random_prefix = hello.random_prefix;
@@ -183,7 +187,7 @@ async fn sniff_and_route<'a, 's>(
     live.metrics
         .hello_duration
         .record(log.elapsed().as_secs_f64());
-    log.hello(&mut hello);
+    log.hello(&mut hello, Transport::Tcp);
     drop(hello);
 
     let decision = {

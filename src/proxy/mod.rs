@@ -8,6 +8,7 @@
 //! sniff.rs       ClientStream: PROXY header and ClientHello (or request head) in, Sniffed or
 //!                SniffError out
 //! http.rs        port 80: route the request head by Host; redirect, or forward like TLS
+//! quic.rs        quic listeners: a flow table per UDP socket; Initials read, routed, replayed
 //! connect.rs     dial the pool's members in turn, send the PROXY header; ConnectError
 //! tls.rs         terminate routes: rustls handshakes with the client and the backend
 //! relay.rs       userspace copy both ways, idle timer, half-close
@@ -30,6 +31,7 @@ mod connection;
 mod context;
 mod http;
 pub mod pools;
+mod quic;
 mod relay;
 mod sniff;
 #[cfg(target_os = "linux")]
@@ -37,8 +39,9 @@ mod splice;
 mod tls;
 
 pub(crate) use accept::AcceptErrors;
-pub use accept::{accept, Listener};
+pub use accept::{accept, Listener, Sockets};
 pub use context::{ConnectionSlots, HelloBudget, ListenerContext, PendingHellos, Shared, Shutdown};
+pub use quic::serve as serve_quic;
 
 use crate::config::{Config, Limits, Timeouts};
 use crate::metrics::ConnectionMetrics;

@@ -25,6 +25,16 @@ pub use packet::Version;
 use packet::{LongPacket, Packet};
 use protection::InitialKeys;
 
+/// QUIC's variable-length integer encoding (RFC 9000 §16), always in its shortest form.
+pub fn varint(value: u64, out: &mut Vec<u8>) {
+    match value {
+        0..=0x3f => out.push(value as u8),
+        0x40..=0x3fff => out.extend_from_slice(&(value as u16 | 0x4000).to_be_bytes()),
+        0x4000..=0x3fff_ffff => out.extend_from_slice(&(value as u32 | 0x8000_0000).to_be_bytes()),
+        _ => out.extend_from_slice(&(value | 0xc000_0000_0000_0000).to_be_bytes()),
+    }
+}
+
 /// CRYPTO stream bytes held for one hello by default (ngtcp2 holds 16 KiB too).
 pub const DEFAULT_CRYPTO_LIMIT: usize = 16 * 1024;
 /// The smallest datagram that may carry a client's Initial (RFC 9000 §14.1).
@@ -53,11 +63,22 @@ pub enum QuicError {
     Hello(#[from] HelloError),
 }
 
+/// A connection as its client's first Initial names it.
+#[derive(Debug)]
+struct Connection {
+    version: Version,
+    /// The Destination Connection ID the client chose: the Initial keys come from it.
+    dcid: Vec<u8>,
+    /// The client's Source Connection ID: where an answer is addressed.
+    scid: Vec<u8>,
+    keys: InitialKeys,
+}
+
 /// One flow's Initials, read until its ClientHello is complete.
 #[derive(Debug)]
 pub struct InitialReader {
-    /// The connection as its first Initial names it: version, Destination Connection ID, keys.
-    connection: Option<(Version, Vec<u8>, InitialKeys)>,
+    /// The connection as its first Initial names it.
+    connection: Option<Connection>,
     assembler: HandshakeAssembler,
     /// Where packets are decrypted; kept, so each datagram reuses it.
     scratch: Vec<u8>,
@@ -77,7 +98,29 @@ impl InitialReader {
     pub fn connection(&self) -> Option<(Version, &[u8])> {
         self.connection
             .as_ref()
-            .map(|(version, dcid, _)| (*version, &dcid[..]))
+            .map(|connection| (connection.version, &connection.dcid[..]))
+    }
+
+    /// The datagram that ends the connection as a server would, once an Initial was read: an
+    /// Initial packet with a CONNECTION_CLOSE carrying CRYPTO_ERROR for the TLS `alert` (RFC
+    /// 9001 §4.8), protected with the server's Initial keys, far smaller than what the client
+    /// sent.
+    pub fn refusal(&self, alert: u8, reason: &str) -> Option<Vec<u8>> {
+        let connection = self.connection.as_ref()?;
+        let mut frame = vec![0x1c];
+        varint(0x100 + u64::from(alert), &mut frame);
+        varint(0x06, &mut frame); // the frame that carried the hello: CRYPTO
+        varint(reason.len() as u64, &mut frame);
+        frame.extend_from_slice(reason.as_bytes());
+        InitialKeys::for_answering(connection.version, &connection.dcid)
+            .seal_initial(
+                connection.version,
+                &connection.scid,
+                &connection.dcid,
+                0,
+                &frame,
+            )
+            .ok()
     }
 
     /// Reads one datagram from the client: `Ok(None)` while the hello is incomplete (a
@@ -114,17 +157,16 @@ impl InitialReader {
     }
 
     fn read_initial(&mut self, packet: &LongPacket<'_>) -> Result<(), QuicError> {
-        let (version, dcid, keys) = self.connection.get_or_insert_with(|| {
-            (
-                packet.version,
-                packet.dcid.to_vec(),
-                InitialKeys::for_reading(packet.version, packet.dcid),
-            )
+        let connection = self.connection.get_or_insert_with(|| Connection {
+            version: packet.version,
+            dcid: packet.dcid.to_vec(),
+            scid: packet.scid.to_vec(),
+            keys: InitialKeys::for_reading(packet.version, packet.dcid),
         });
-        if *version != packet.version || dcid[..] != *packet.dcid {
+        if connection.version != packet.version || connection.dcid[..] != *packet.dcid {
             return Err(QuicError::Malformed("an Initial of another connection"));
         }
-        let (_pn, payload) = keys.open(packet, &mut self.scratch)?;
+        let (_pn, payload) = connection.keys.open(packet, &mut self.scratch)?;
         let assembler = &mut self.assembler;
         frames::read(payload, |offset, data| {
             assembler.add(offset, data).map_err(QuicError::from)

@@ -135,6 +135,25 @@ pub fn first(datagram: &[u8]) -> Result<Packet<'_>, QuicError> {
     ))
 }
 
+/// A long-header datagram's Destination and Source Connection IDs, read by the version-independent
+/// layout of RFC 8999 §5.1 (any version; a Version Negotiation packet too): how a flow is found
+/// again, and how a backend's chosen connection ID is learned. `None` for a short header or a
+/// header cut short.
+pub fn long_ids(datagram: &[u8]) -> Option<(&[u8], &[u8])> {
+    if datagram.first()? & 0x80 == 0 {
+        return None;
+    }
+    let mut reader = Reader::new(datagram.get(5..)?);
+    let dcid = reader.connection_id().ok()?;
+    let scid = reader.connection_id().ok()?;
+    Some((dcid, scid))
+}
+
+/// Whether `datagram` starts with an Initial packet of a version sniroute reads.
+pub fn is_initial(datagram: &[u8]) -> bool {
+    matches!(first(datagram), Ok(Packet::Long(packet, _)) if packet.initial)
+}
+
 /// Reads QUIC's big-endian fields and variable-length integers (RFC 9000 §16).
 #[derive(Debug)]
 pub struct Reader<'a> {

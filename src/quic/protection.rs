@@ -13,6 +13,13 @@ use super::QuicError;
 const SAMPLE_LEN: usize = 16;
 /// The longest packet number encoding.
 const MAX_PN_LEN: usize = 4;
+/// The packet number length [`InitialKeys::seal_initial`] writes.
+const INITIAL_PN_LEN: usize = 4;
+/// The AEAD tag's length (AES-128-GCM).
+pub const TAG_LEN: usize = 16;
+/// An Initial header's bytes beside its connection IDs: first byte, version, two ID lengths,
+/// an empty token's length, a 2-byte Length and a 4-byte packet number.
+pub const INITIAL_OVERHEAD: usize = 1 + 4 + 2 + 1 + 2 + INITIAL_PN_LEN;
 
 /// The keys a client's Initial packets are protected with.
 pub struct InitialKeys {
@@ -57,6 +64,45 @@ impl InitialKeys {
         }
     }
 
+    /// The keys a server answers the client that chose `dcid` with: how sniroute writes the
+    /// CONNECTION_CLOSE of a flow it can't route.
+    pub fn for_answering(version: Version, dcid: &[u8]) -> Self {
+        let local = keys(version, dcid, Side::Server).local;
+        Self {
+            header: local.header,
+            packet: local.packet,
+        }
+    }
+
+    /// One Initial packet from `scid` to `dcid`, packet number `pn` (sent in 4 bytes), around
+    /// `payload`, protected with these keys.
+    ///
+    /// # Errors
+    /// A payload too short to sample once encrypted, or over 16 KiB.
+    pub fn seal_initial(
+        &self,
+        version: Version,
+        dcid: &[u8],
+        scid: &[u8],
+        pn: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, QuicError> {
+        let length = u16::try_from(INITIAL_PN_LEN + payload.len() + TAG_LEN)
+            .ok()
+            .filter(|&length| length < 0x4000)
+            .ok_or(QuicError::Malformed("an Initial payload over 16 KiB"))?;
+        let mut header = vec![0xc0 | (version.initial_type() << 4) | (INITIAL_PN_LEN as u8 - 1)];
+        header.extend_from_slice(&version.wire().to_be_bytes());
+        for id in [dcid, scid] {
+            header.push(id.len() as u8);
+            header.extend_from_slice(id);
+        }
+        header.push(0); // no token
+        header.extend_from_slice(&(length | 0x4000).to_be_bytes());
+        header.extend_from_slice(&pn.to_be_bytes());
+        self.seal(&header, u64::from(pn), INITIAL_PN_LEN, payload)
+    }
+
     /// Removes `packet`'s protection in `buffer`: returns the packet number and the plaintext
     /// payload.
     ///
@@ -97,7 +143,7 @@ impl InitialKeys {
     }
 
     /// Protects a packet whose unprotected `header` ends with a `pn_len`-byte packet number
-    /// `pn`, around `payload`: the packet as sent (tests and fuzzing).
+    /// `pn`, around `payload`: the packet as sent.
     ///
     /// # Errors
     /// The payload is too short to sample once encrypted.
