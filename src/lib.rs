@@ -8,6 +8,7 @@
 //! main.rs         parse args, cli::run, print one error line                 → cli
 //! cli             clap types; run / check / explain / peek / demo            → all
 //! demo            in-process TLS backends and certificates for `demo`        → config, server
+//! quic_demo       (feature `quic-demo`) an HTTP/3 backend to try QUIC with   → demo
 //! name            ServerName, NamePattern, IP literals                       → –
 //! hello/          records → handshake (assembler fed (offset, bytes)) →
 //!                 parse (ClientHello, ECH) → ja4 (transport a parameter)     → name
@@ -25,7 +26,7 @@
 //! terminate       PEM loading, rustls configs per terminate route            → –
 //! proxy/          context, accept, connection (sniff → connect (failover) →
 //!                 relay, or tls), splice, alert, access_log; pools (health
-//!                 checks, host-name resolution, off the path)                → hello, route, config, metrics,
+//!                 checks, host-name resolution, off the path); quic (flows)  → hello, route, config, metrics,
 //!                                                                              proxy_protocol, terminate
 //! admin           the metrics address: GET /metrics, /healthz, /readyz       → metrics, proxy
 //! watch           the config file and its symlink chain                      → –
@@ -65,6 +66,8 @@ pub mod outcome;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod quic;
+#[cfg(feature = "quic-demo")]
+pub mod quic_demo;
 pub mod route;
 pub mod server;
 pub mod terminate;

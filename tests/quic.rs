@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint};
+use sniroute::quic_demo::H3Backend;
 use support::*;
 use tokio::net::UdpSocket;
 
@@ -446,7 +447,7 @@ async fn chromium_loads_a_page_over_http3_through_sniroute() {
     if !installed("chromium") {
         return;
     }
-    let backend = h3_backend("app.test").await;
+    let backend = H3Backend::start(pki(), "127.0.0.1:0".parse().unwrap(), "app.test").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("routes.toml");
     std::fs::write(
@@ -499,86 +500,4 @@ async fn chromium_loads_a_page_over_http3_through_sniroute() {
         assert!(line.contains(field), "{field} in {line}");
     }
     assert_eq!(proxy.terminate().await, Some(0));
-}
-
-/// An HTTP/3 server (h3 over quinn) with a certificate for `name`: every request gets a page
-/// saying `h3 backend for NAME: METHOD PATH`.
-struct H3Backend {
-    address: SocketAddr,
-    /// The certificate's SubjectPublicKeyInfo, SHA-256, base64: what Chromium is told to trust.
-    spki: String,
-}
-
-async fn h3_backend(name: &'static str) -> H3Backend {
-    use sha2::Digest;
-    let (certificate, key) = pki().issue(&[name.to_owned()]).unwrap();
-    let spki = {
-        let (_, parsed) = x509_parser::parse_x509_certificate(&certificate).unwrap();
-        base64(&sha2::Sha256::digest(
-            parsed.tbs_certificate.subject_pki.raw,
-        ))
-    };
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![certificate], key)
-    .unwrap();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let crypto = QuicServerConfig::try_from(tls).unwrap();
-    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let address = endpoint.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let connection = incoming.await?;
-                let mut h3 = h3::server::Connection::<_, bytes::Bytes>::new(
-                    h3_quinn::Connection::new(connection),
-                )
-                .await?;
-                while let Some(resolver) = h3.accept().await? {
-                    tokio::spawn(async move {
-                        let (request, mut stream) = resolver.resolve_request().await?;
-                        let body = format!(
-                            "<!doctype html><title>h3</title><p>h3 backend for {name}: {} {}</p>",
-                            request.method(),
-                            request.uri().path()
-                        );
-                        let response = http::Response::builder()
-                            .status(200)
-                            .header("content-type", "text/html")
-                            .body(())
-                            .unwrap();
-                        stream.send_response(response).await?;
-                        stream.send_data(bytes::Bytes::from(body)).await?;
-                        stream.finish().await?;
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                    });
-                }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            });
-        }
-    });
-    H3Backend { address, spki }
-}
-
-/// Standard base64, padded.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let word = chunk.iter().enumerate().fold(0u32, |word, (at, &byte)| {
-            word | u32::from(byte) << (16 - 8 * at)
-        });
-        for at in 0..4 {
-            match at <= chunk.len() {
-                true => out.push(ALPHABET[(word >> (18 - 6 * at) & 63) as usize] as char),
-                false => out.push('='),
-            }
-        }
-    }
-    out
 }

@@ -28,6 +28,8 @@ use super::{
 const ANSWER: &[u8] = b"quic backend\n";
 /// Client endpoints (UDP sockets) the handshakes spread over.
 const CLIENT_SOCKETS: usize = 8;
+/// Handshakes timed one at a time, for their median.
+const SEQUENTIAL: usize = 200;
 /// A bulk request: this many bytes back.
 const BULK: u64 = 256 << 20;
 
@@ -39,10 +41,12 @@ pub(super) async fn flows(bench: &Bench, runs: usize) -> anyhow::Result<Table> {
     std::fs::create_dir_all(&dir)?;
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let quic = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let text = format!(
         "[[listen]]\naddress = \"{listen}\"\n\n[[listen]]\naddress = \"{quic}\"\n\
          protocol = \"quic\"\n\n[timeouts]\ndrain = \"1s\"\nquic_idle = \"2s\"\n\n\
          [limits]\nmax_quic_flows = 1000000\nmax_pending_per_ip = 0\n\n\
+         [metrics]\naddress = \"{metrics}\"\n\n\
          [[route]]\nsni = \"quic.bench.test\"\nbackend = \"{backend}\"\n"
     );
     let command = sniroute_command(&sniroute_binary()?, &dir, &text)?;
@@ -74,6 +78,19 @@ pub(super) async fn flows(bench: &Bench, runs: usize) -> anyhow::Result<Table> {
             if let Some(cpu) = target.cpu_since(cpu_before) {
                 table.add("proxy CPU s per 1,000 flows", column, cpu * 1000.0 / done);
             }
+            eprintln!("[run {run}/{runs}] QUIC handshakes one at a time: {label}");
+            let mut times = Vec::with_capacity(SEQUENTIAL);
+            for _ in 0..SEQUENTIAL {
+                let start = Instant::now();
+                handshake(&clients[0], address).await?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            table.add(
+                "handshake ms, one at a time (p50)",
+                column,
+                times[SEQUENTIAL / 2],
+            );
             eprintln!("[run {run}/{runs}] QUIC bulk download: {label}");
             let cpu_before = target.cpu_seconds();
             let (bytes, datagrams, seconds) = bulk(&clients[0], address, bench.window).await?;
@@ -87,6 +104,11 @@ pub(super) async fn flows(bench: &Bench, runs: usize) -> anyhow::Result<Table> {
     for (column, faults) in faults.iter().enumerate() {
         table.add("errors (total)", column, faults.errors.load(Relaxed) as f64);
     }
+    table.add(
+        "datagrams sniroute dropped (total)",
+        1,
+        dropped(metrics).await?,
+    );
     Ok(table)
 }
 
@@ -199,4 +221,25 @@ async fn bulk(
         bail!("no byte delivered");
     }
     Ok((bytes, datagrams, seconds))
+}
+
+/// The sum of `sniroute_quic_dropped_total` on sniroute's metrics endpoint (a drop there is a
+/// datagram the client or backend sends again); each reason goes to stderr.
+async fn dropped(metrics: SocketAddr) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(metrics).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await?;
+    let mut total = 0.0;
+    for line in page
+        .lines()
+        .filter(|line| line.starts_with("sniroute_quic_dropped_total"))
+    {
+        eprintln!("{line}");
+        total += line.rsplit(' ').next().unwrap_or("0").parse::<f64>()?;
+    }
+    Ok(total)
 }

@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use quinn_udp::{EcnCodepoint, RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -55,6 +57,10 @@ const MAX_DATAGRAM: usize = 65_535;
 pub(super) const MAX_HELD: usize = 64 * 1024;
 /// The TLS alert a flow with no route is closed with.
 const UNRECOGNIZED_NAME: u8 = 112;
+/// Reads from a flow's backend after which its socket gets GRO.
+const GRO_AFTER: u32 = 32;
+/// Reads the listener's task makes per wake-up at most.
+const BATCH: usize = 64;
 /// How often pending flows are checked against `timeouts.client_hello`.
 const SWEEP: Duration = Duration::from_millis(250);
 
@@ -90,6 +96,8 @@ impl Cid {
 struct Link {
     /// Connected to the flow's backend.
     backend: UdpSocket,
+    /// Where that is.
+    backend_address: SocketAddr,
     /// Where the client is now (it moves when its NAT rebinds).
     client: ArcSwap<SocketAddr>,
     /// [`super::ticks`] when a datagram last moved either way.
@@ -99,13 +107,14 @@ struct Link {
 }
 
 impl Link {
-    fn moved(&self, bytes: usize, to_backend: bool) {
-        let (bytes_count, datagrams) = match to_backend {
+    /// Counts `datagrams` of `bytes` in all, moved one way.
+    fn moved(&self, bytes: usize, datagrams: usize, to_backend: bool) {
+        let (bytes_count, datagrams_count) = match to_backend {
             true => (&self.bytes.to_backend, &self.datagrams.to_backend),
             false => (&self.bytes.to_client, &self.datagrams.to_client),
         };
         bytes_count.fetch_add(bytes as u64, Ordering::Relaxed);
-        datagrams.fetch_add(1, Ordering::Relaxed);
+        datagrams_count.fetch_add(datagrams as u64, Ordering::Relaxed);
         self.last.store(super::ticks(), Ordering::Relaxed);
     }
 }
@@ -183,6 +192,8 @@ enum Event {
 /// The listener's flow table and everything its task needs.
 struct Flows {
     socket: Arc<UdpSocket>,
+    /// The listener socket's GRO, GSO and ECN (also how datagrams are sent to backends).
+    udp: Arc<UdpSocketState>,
     listener: Arc<ListenerContext>,
     live: Arc<ArcSwap<Live>>,
     shared: Arc<Shared>,
@@ -215,20 +226,21 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let address = socket.local_addr().ok();
-    let socket = match socket
-        .set_nonblocking(true)
-        .and_then(|()| UdpSocket::from_std(socket))
-    {
-        Ok(socket) => Arc::new(socket),
+    let bound = UdpSocketState::new((&socket).into())
+        .and_then(|udp| Ok((Arc::new(udp), Arc::new(UdpSocket::from_std(socket)?))));
+    let (udp, socket) = match bound {
+        Ok(bound) => bound,
         Err(error) => {
             let listener = address.map_or_else(|| "-".to_owned(), |address| address.to_string());
             tracing::error!(%listener, %error, "a worker cannot serve this quic listener");
             return;
         }
     };
+    // Bounded by what sends on it: each flow's task sends two events at most.
     let (events, mut received) = mpsc::unbounded_channel();
     let mut table = Flows {
         socket,
+        udp,
         listener,
         live,
         shared,
@@ -277,15 +289,33 @@ impl Flows {
                 biased;
                 () = &mut stopped => return,
                 Some(event) = events.recv() => self.event(event),
-                received = self.socket.recv_from(buffer) => match received {
-                    Ok((len, from)) => self.datagram(&buffer[..len], from),
-                    // An ICMP error for an earlier answer, say: nothing to do with the next.
+                readable = self.socket.readable() => match readable {
+                    Ok(()) => self.receive(buffer),
                     Err(_) => self.drop_one(QuicDrop::ReceiveError),
                 },
-                _ = sweep.tick() => self.sweep(),
+                _ = sweep.tick(), if !self.pending.is_empty() => self.sweep(),
             }
             if stop.is_none() && self.flows.is_empty() {
                 return;
+            }
+        }
+    }
+
+    /// Reads what the socket holds, [`BATCH`] reads at most (then events and timers get their
+    /// turn): each read a datagram, or with GRO several from one client, handled one by one.
+    fn receive(&mut self, buffer: &mut [u8]) {
+        for _ in 0..BATCH {
+            let meta = match receive(&self.socket, &self.udp, buffer) {
+                Ok(meta) => meta,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                // An ICMP error for an earlier answer, say: nothing to do with the next.
+                Err(_) => {
+                    self.drop_one(QuicDrop::ReceiveError);
+                    continue;
+                }
+            };
+            for datagram in buffer[..meta.len].chunks(meta.stride.max(1)) {
+                self.datagram(datagram, meta.addr, meta.ecn);
             }
         }
     }
@@ -359,12 +389,12 @@ impl Flows {
         Some((id, false))
     }
 
-    fn datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+    fn datagram(&mut self, datagram: &[u8], from: SocketAddr, ecn: Option<EcnCodepoint>) {
         if datagram.is_empty() {
             return self.drop_one(QuicDrop::Malformed);
         }
         if let Some((id, by_cid)) = self.find(datagram, from) {
-            return self.forward(id, datagram, from, by_cid);
+            return self.forward(id, datagram, from, by_cid, ecn);
         }
         if datagram[0] & 0x80 == 0 {
             // A short header: only a routed flow's.
@@ -381,7 +411,14 @@ impl Flows {
 
     /// A datagram of a routed flow: to its backend, as it came. Found other than by a known
     /// ID, a short header's DCID is learned as the flow's.
-    fn forward(&mut self, id: u64, datagram: &[u8], from: SocketAddr, by_cid: bool) {
+    fn forward(
+        &mut self,
+        id: u64,
+        datagram: &[u8],
+        from: SocketAddr,
+        by_cid: bool,
+        ecn: Option<EcnCodepoint>,
+    ) {
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
@@ -407,8 +444,15 @@ impl Flows {
             self.by_address.join(from, id);
             self.by_ip.join(from.ip(), id);
         }
-        match link.backend.try_send(datagram) {
-            Ok(_) => link.moved(datagram.len(), true),
+        match send(
+            &self.udp,
+            &link.backend,
+            link.backend_address,
+            ecn,
+            datagram,
+            0,
+        ) {
+            Ok(()) => link.moved(datagram.len(), 1, true),
             // The backend socket's buffer is full, or an ICMP error was queued: UDP may lose
             // a datagram, and QUIC sends it again.
             Err(_) => self.drop_one(QuicDrop::SendFailed),
@@ -513,9 +557,6 @@ impl Flows {
 
     /// Ends the pending flows whose hello is late.
     fn sweep(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
         let limit = self.live.load().timeouts.client_hello;
         let late: Vec<Cid> = self
             .pending
@@ -597,6 +638,7 @@ impl Flows {
     ) {
         let (backend, sent) = backend;
         let link = Arc::new(Link {
+            backend_address: backend.peer_addr().unwrap_or(pending.client),
             backend,
             client: ArcSwap::from_pointee(pending.client),
             last: AtomicU64::new(super::ticks()),
@@ -604,7 +646,7 @@ impl Flows {
             datagrams: Counts::default(),
         });
         for &len in &sent {
-            link.moved(len, true);
+            link.moved(len, 1, true);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -624,9 +666,11 @@ impl Flows {
             id,
             link,
             client_socket: self.socket.clone(),
+            udp: self.udp.clone(),
             events: self.events.clone(),
             _open: open,
             learned: false,
+            reads: 0,
         };
         self.tracker.spawn(task.run(live, hello));
     }
@@ -668,11 +712,14 @@ struct FlowTask {
     id: u64,
     link: Arc<Link>,
     client_socket: Arc<UdpSocket>,
+    udp: Arc<UdpSocketState>,
     events: mpsc::UnboundedSender<Event>,
     /// Counts the flow as open to its backend.
     _open: Open,
     /// Whether the backend's connection ID was learned.
     learned: bool,
+    /// Reads from the backend so far, up to [`GRO_AFTER`].
+    reads: u32,
 }
 
 impl FlowTask {
@@ -693,7 +740,7 @@ impl FlowTask {
             };
             log.metrics = decision.metrics;
             log.route = decision.route;
-            log.backend = link.backend.peer_addr().ok();
+            log.backend = Some(link.backend_address);
             log.attempts = 1;
         }
         let idle = live.timeouts.quic_idle.as_millis() as u64;
@@ -720,33 +767,96 @@ impl FlowTask {
         let _ = self.events.send(Event::Ended(self.id));
     }
 
-    /// Sends every datagram the backend has waiting to the client.
+    /// Sends every datagram the backend has waiting to the client: a burst read at once
+    /// (GRO) goes out in one send (GSO), its datagrams as they came.
     fn relay(&mut self) -> std::io::Result<()> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             loop {
-                let len = match self.link.backend.try_recv(&mut scratch) {
-                    Ok(len) => len,
+                let meta = match receive(&self.link.backend, &self.udp, &mut scratch) {
+                    Ok(meta) => meta,
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                     Err(error) => return Err(error),
                 };
-                let datagram = &scratch[..len];
+                self.reads = (self.reads + 1).min(GRO_AFTER + 1);
+                if self.reads == GRO_AFTER {
+                    // A flow that carries more than a handshake: its backend's bursts are read
+                    // whole from now on (GRO), and their ECN marks kept. (Ten system calls: not
+                    // worth it for flows that end sooner.)
+                    let _ = UdpSocketState::new((&self.link.backend).into());
+                }
+                let burst = &scratch[..meta.len];
                 if !self.learned {
-                    let learned = packet::long_ids(datagram).and_then(|(_, scid)| Cid::new(scid));
+                    let learned = packet::long_ids(burst).and_then(|(_, scid)| Cid::new(scid));
                     if let Some(cid) = learned {
                         self.learned = true;
-
                         let _ = self.events.send(Event::Learned(self.id, cid));
                     }
                 }
                 let client = **self.link.client.load();
-                // A full send buffer loses the datagram, as the network may: QUIC resends.
-                if self.client_socket.try_send_to(datagram, client).is_ok() {
-                    self.link.moved(len, false);
+                // A full send buffer loses the datagrams, as the network may: QUIC resends.
+                if send(
+                    &self.udp,
+                    &self.client_socket,
+                    client,
+                    meta.ecn,
+                    burst,
+                    meta.stride,
+                )
+                .is_ok()
+                {
+                    let datagrams = meta.len.div_ceil(meta.stride.max(1));
+                    self.link.moved(meta.len, datagrams, false);
                 }
             }
         })
     }
+}
+
+/// One read from `socket` into `buffer`: a datagram, or several of one sender's, `stride` bytes
+/// each but the last (GRO).
+fn receive(
+    socket: &UdpSocket,
+    udp: &UdpSocketState,
+    buffer: &mut [u8],
+) -> std::io::Result<RecvMeta> {
+    let mut meta = [RecvMeta::default()];
+    socket.try_io(Interest::READABLE, || {
+        udp.recv(
+            socket.into(),
+            &mut [std::io::IoSliceMut::new(buffer)],
+            &mut meta,
+        )
+    })?;
+    Ok(meta[0])
+}
+
+/// Sends `contents` to `destination` on `socket`, as datagrams of `stride` bytes each but the
+/// last when `stride` is above 0 and shorter (in as few sends as GSO allows), else as one.
+fn send(
+    udp: &UdpSocketState,
+    socket: &UdpSocket,
+    destination: SocketAddr,
+    ecn: Option<EcnCodepoint>,
+    contents: &[u8],
+    stride: usize,
+) -> std::io::Result<()> {
+    let stride = match stride {
+        0 => contents.len(),
+        stride => stride,
+    };
+    let per_send = stride * udp.max_gso_segments().max(1);
+    for chunk in contents.chunks(per_send.max(1)) {
+        let transmit = Transmit {
+            destination,
+            ecn,
+            contents: chunk,
+            segment_size: (chunk.len() > stride).then_some(stride),
+            src_ip: None,
+        };
+        udp.try_send(socket.into(), &transmit)?;
+    }
+    Ok(())
 }
 
 /// A flow's access-log record, with the flow's counts moved in whenever the line is written: at
