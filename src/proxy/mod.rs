@@ -8,7 +8,7 @@
 //! sniff.rs       ClientStream: PROXY header and ClientHello (or request head) in, Sniffed or
 //!                SniffError out
 //! http.rs        port 80: route the request head by Host; redirect, or forward like TLS
-//! quic.rs        quic listeners: a flow table per UDP socket; Initials read, routed, replayed
+//! quic/          quic listeners: a flow table per UDP socket; Initials read, routed, replayed
 //! connect.rs     dial the pool's members in turn, send the PROXY header; ConnectError
 //! tls.rs         terminate routes: rustls handshakes with the client and the backend
 //! relay.rs       userspace copy both ways, idle timer, half-close
