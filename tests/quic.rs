@@ -260,16 +260,26 @@ async fn sixteen_mebibytes_each_way_survive_a_client_rebinding_midway() {
         .await
         .unwrap();
     let payload: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let (first, echoed) = guard(ask(&connection, &payload)).await.unwrap();
+    // Halfway through the echo, the client's NAT rebinds: a new port, the same connection.
+    let before = endpoint.local_addr().unwrap();
+    let rebinding = async {
+        while connection.stats().udp_rx.bytes < 8 << 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        endpoint.rebind(loopback_socket()).unwrap();
+    };
+    let ((first, echoed), ()) = guard(async {
+        tokio::join!(
+            async { ask(&connection, &payload).await.unwrap() },
+            rebinding
+        )
+    })
+    .await;
+    assert_ne!(endpoint.local_addr().unwrap(), before, "rebound");
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
     assert!(echoed == payload, "16 MiB echoed intact");
-
-    // The client's NAT rebinds: a new port, the same connection.
-    let before = endpoint.local_addr().unwrap();
-    endpoint.rebind(loopback_socket()).unwrap();
-    assert_ne!(endpoint.local_addr().unwrap(), before);
-    let (first, echoed) = guard(ask(&connection, &payload[..1 << 20])).await.unwrap();
-    assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
+    // And the connection goes on from the new port.
+    let (_, echoed) = guard(ask(&connection, &payload[..1 << 20])).await.unwrap();
     assert!(echoed == payload[..1 << 20], "1 MiB after rebinding");
     connection.close(0u32.into(), b"done");
     proxy.shutdown().await;

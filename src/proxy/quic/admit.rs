@@ -63,6 +63,14 @@ impl Flows {
         );
         drop(live);
         self.hold(cid, datagram, from);
+        if self
+            .pending
+            .get(&cid)
+            .is_some_and(|pending| pending.held.is_empty())
+        {
+            // Its first datagram wasn't held (the budget is spent): no flow.
+            self.remove_pending(&cid);
+        }
     }
 
     /// A datagram of a pending flow: held, and read for the hello.
