@@ -115,6 +115,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_quic();
     describe_counter!(CONNECTIONS_ACCEPTED, "Connections accepted, by listener.");
     describe_counter!(
         CONNECTIONS_REJECTED,
@@ -184,6 +185,13 @@ fn describe() {
         ACCEPT_ERRORS,
         "Failed accepts (out of file descriptors, say), by listener."
     );
+    describe_gauge!(
+        PENDING_HELLO_BYTES,
+        "Bytes held by the buffers of hellos still arriving."
+    );
+}
+
+fn describe_quic() {
     describe_counter!(
         QUIC_DROPPED,
         "Datagrams a quic listener dropped, by listener and reason."
@@ -191,10 +199,6 @@ fn describe() {
     describe_counter!(
         QUIC_DATAGRAMS,
         "Datagrams forwarded by QUIC flows, by route and direction (counted as flows end)."
-    );
-    describe_gauge!(
-        PENDING_HELLO_BYTES,
-        "Bytes held by the buffers of hellos still arriving."
     );
 }
 
@@ -336,11 +340,8 @@ impl ListenerMetrics {
 
     /// `sniroute_quic_dropped_total` for `reason`.
     pub fn quic_dropped(&self, reason: QuicDrop) -> &Counter {
-        let index = QuicDrop::ALL
-            .iter()
-            .position(|&other| other == reason)
-            .unwrap_or(0);
-        self.quic_dropped[index].get_or_init(|| {
+        // ALL lists the reasons in declaration order.
+        self.quic_dropped[reason as usize].get_or_init(|| {
             metrics::counter!(QUIC_DROPPED, "listener" => self.address.clone(), "reason" => reason.as_str())
         })
     }

@@ -162,7 +162,8 @@ async fn names_and_alpn_route_flows_to_their_backends() {
     ))
     .await;
     let h3 = client(&["h3"], loopback_socket());
-    // One client endpoint, three connections: flows apart by connection ID, not address.
+    // One client endpoint, two connections one after the other: flows apart by connection ID,
+    // not address.
     let (first, echoed) = exchange(&h3, quic, "alpha.test", b"hello").await.unwrap();
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
     assert_eq!(echoed, b"hello");
@@ -191,13 +192,10 @@ async fn a_post_quantum_hello_spanning_two_initials_is_routed_even_reordered() {
     .await
     .unwrap();
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
-    let page = scrape(proxy.metrics(), "/metrics").await;
-    let hello_bytes = metric(&page, "sniroute_client_hello_bytes_sum");
-    assert!(hello_bytes > 1200.0, "a hello of {hello_bytes} bytes");
 
     // The same through a relay that swaps the client's first two datagrams: the hello's end
     // arrives before its start.
-    let relay = Swapper::start(quic).await;
+    let (relay, spanned) = Swapper::start(quic).await;
     let (first, _) = exchange(
         &client(&["h3"], loopback_socket()),
         relay,
@@ -207,15 +205,23 @@ async fn a_post_quantum_hello_spanning_two_initials_is_routed_even_reordered() {
     .await
     .unwrap();
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
+    assert!(
+        guard(spanned).await.unwrap(),
+        "the hello needs both datagrams"
+    );
     proxy.shutdown().await;
 }
 
 /// A UDP relay for one client that delivers its first two datagrams in the opposite order,
-/// then everything in order both ways.
+/// then everything in order both ways; it says whether the hello needed both (the first alone
+/// not a whole hello, the two together one).
 struct Swapper;
 
 impl Swapper {
-    async fn start(upstream: SocketAddr) -> SocketAddr {
+    async fn start(upstream: SocketAddr) -> (SocketAddr, tokio::sync::oneshot::Receiver<bool>) {
+        use sniroute::quic::{InitialReader, DEFAULT_CRYPTO_LIMIT};
+        let (spanned, said) = tokio::sync::oneshot::channel();
+        let mut spanned = Some(spanned);
         let outer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let inner = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         inner.connect(upstream).await.unwrap();
@@ -233,8 +239,16 @@ impl Swapper {
                         match count {
                             1 => held = Some(a[..len].to_vec()),
                             2 => {
+                                let first = held.take().unwrap();
+                                let mut reader = InitialReader::new(DEFAULT_CRYPTO_LIMIT);
+                                let alone = reader.feed(&first);
+                                let both = reader.feed(&a[..len]);
+                                let needed = matches!((alone, both), (Ok(None), Ok(Some(_))));
+                                if let Some(spanned) = spanned.take() {
+                                    let _ = spanned.send(needed);
+                                }
                                 inner.send(&a[..len]).await.unwrap();
-                                inner.send(&held.take().unwrap()).await.unwrap();
+                                inner.send(&first).await.unwrap();
                             }
                             _ => { inner.send(&a[..len]).await.unwrap(); }
                         }
@@ -247,7 +261,7 @@ impl Swapper {
                 }
             }
         });
-        address
+        (address, said)
     }
 }
 
@@ -260,21 +274,33 @@ async fn sixteen_mebibytes_each_way_survive_a_client_rebinding_midway() {
         .await
         .unwrap();
     let payload: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
-    // Halfway through the echo, the client's NAT rebinds: a new port, the same connection.
+    // Halfway through reading the echo, the client's NAT rebinds: a new port, the same
+    // connection, in the middle of the transfer.
     let before = endpoint.local_addr().unwrap();
-    let rebinding = async {
-        while connection.stats().udp_rx.bytes < 8 << 20 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        endpoint.rebind(loopback_socket()).unwrap();
+    let (mut send, mut recv) = guard(connection.open_bi()).await.unwrap();
+    let writing = async {
+        send.write_all(&payload).await.unwrap();
+        send.finish().unwrap();
     };
-    let ((first, echoed), ()) = guard(async {
-        tokio::join!(
-            async { ask(&connection, &payload).await.unwrap() },
-            rebinding
-        )
-    })
-    .await;
+    let reading = async {
+        let mut echoed = Vec::with_capacity(payload.len() + 64);
+        let mut chunk = vec![0; 64 * 1024];
+        let mut rebound = false;
+        while let Some(read) = recv.read(&mut chunk).await.unwrap() {
+            echoed.extend_from_slice(&chunk[..read]);
+            if !rebound && echoed.len() >= 8 << 20 {
+                endpoint.rebind(loopback_socket()).unwrap();
+                rebound = true;
+            }
+        }
+        echoed
+    };
+    let ((), answer) = guard(async { tokio::join!(writing, reading) }).await;
+    let newline = answer.iter().position(|&b| b == b'\n').unwrap();
+    let (first, echoed) = (
+        String::from_utf8_lossy(&answer[..newline]).into_owned(),
+        answer[newline + 1..].to_vec(),
+    );
     assert_ne!(endpoint.local_addr().unwrap(), before, "rebound");
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
     assert!(echoed == payload, "16 MiB echoed intact");
@@ -286,9 +312,9 @@ async fn sixteen_mebibytes_each_way_survive_a_client_rebinding_midway() {
 }
 
 #[tokio::test]
-async fn an_idle_flow_expires_with_its_log_line_and_metrics() {
+async fn an_idle_flow_expires_and_is_counted() {
     let alpha = quic_backend("alpha", &["alpha.test"], &["h3"]).await;
-    let (proxy, quic) = quic_proxy_with("quic_idle = \"300ms\"", &route("alpha.test", alpha)).await;
+    let (proxy, quic) = quic_proxy_with("quic_idle = \"1s\"", &route("alpha.test", alpha)).await;
     let endpoint = client(&["h3"], loopback_socket());
     exchange(&endpoint, quic, "alpha.test", b"once")
         .await
@@ -318,6 +344,11 @@ async fn bad_initials_are_dropped_and_counted_and_no_route_is_closed() {
 
     let alpha = quic_backend("alpha", &["alpha.test"], &["h3"]).await;
     let (proxy, quic) = quic_proxy(&route("alpha.test", alpha)).await;
+    // A flow open through all of it.
+    let endpoint = client(&["h3"], loopback_socket());
+    let kept = guard(endpoint.connect(quic, "alpha.test").unwrap())
+        .await
+        .unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dcid = [7u8; 8];
     let good = {
@@ -352,7 +383,6 @@ async fn bad_initials_are_dropped_and_counted_and_no_route_is_closed() {
 
     // A name with no route and no [default]: quinn hears CONNECTION_CLOSE with the TLS alert
     // unrecognized_name (CRYPTO_ERROR 0x100 + 112).
-    let endpoint = client(&["h3"], loopback_socket());
     let refused = exchange(&endpoint, quic, "nobody.test", b"x")
         .await
         .unwrap_err();
@@ -362,9 +392,15 @@ async fn bad_initials_are_dropped_and_counted_and_no_route_is_closed() {
         }
         other => panic!("expected a CONNECTION_CLOSE, got {other:?}"),
     }
-    // None of it touched other flows.
+    // None of it touched the open flow, or a new one.
+    let (first, echoed) = guard(ask(&kept, b"still")).await.unwrap();
+    assert_eq!(
+        (&*first, &*echoed),
+        ("alpha: sni=alpha.test alpn=h3", &b"still"[..])
+    );
     let (first, _) = exchange(&endpoint, quic, "alpha.test", b"x").await.unwrap();
     assert_eq!(first, "alpha: sni=alpha.test alpn=h3");
+    kept.close(0u32.into(), b"done");
     wait_for_metric(
         proxy.metrics(),
         "sniroute_connections_closed_total{route=\"none\",outcome=\"no_route\"}",
@@ -374,13 +410,51 @@ async fn bad_initials_are_dropped_and_counted_and_no_route_is_closed() {
     proxy.shutdown().await;
 }
 
+/// Past `limits.max_quic_flows`, a new flow's Initial is dropped and counted; the flows open go
+/// on.
+#[tokio::test]
+async fn flows_past_max_quic_flows_are_dropped_and_counted() {
+    use sniroute::hello::synth::ClientHelloBuilder;
+    use sniroute::quic::synth::{crypto_frame, initial};
+    use sniroute::quic::Version;
+
+    let alpha = quic_backend("alpha", &["alpha.test"], &["h3"]).await;
+    let (proxy, quic) = quic_proxy(&format!(
+        "[limits]\nmax_quic_flows = 1\n\n{}",
+        route("alpha.test", alpha)
+    ))
+    .await;
+    let endpoint = client(&["h3"], loopback_socket());
+    let kept = guard(endpoint.connect(quic, "alpha.test").unwrap())
+        .await
+        .unwrap();
+    let message = ClientHelloBuilder::new()
+        .server_name("alpha.test")
+        .message();
+    let second = initial(Version::V1, &[9; 8], &[1; 8], 0, &crypto_frame(0, &message)).unwrap();
+    let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sender.send_to(&second, quic).await.unwrap();
+    wait_for_metric(
+        proxy.metrics(),
+        &format!("sniroute_quic_dropped_total{{listener=\"{quic}\",reason=\"max_quic_flows\"}}"),
+        "1",
+    )
+    .await;
+    assert_eq!(
+        guard(ask(&kept, b"1")).await.unwrap().0,
+        "alpha: sni=alpha.test alpn=h3"
+    );
+    kept.close(0u32.into(), b"done");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_reload_moves_new_flows_only_and_a_drain_lets_routed_flows_finish() {
     let alpha = quic_backend("alpha", &["app.test"], &["h3"]).await;
     let beta = quic_backend("beta", &["app.test"], &["h3"]).await;
     // Flows idle out a second after their connection closes (the client's keep-alives hold
     // them until then), which ends the drain.
-    let timeouts = "drain = \"30s\"\nquic_idle = \"1s\"";
+    let timeouts = "drain = \"20s\"\nquic_idle = \"1s\"";
     let (mut proxy, quic) = quic_proxy_with(timeouts, &route("app.test", alpha)).await;
     let endpoint = client(&["h3"], loopback_socket());
     let kept = guard(endpoint.connect(quic, "app.test").unwrap())

@@ -103,6 +103,12 @@ impl<'a> AccessLog<'a> {
         }
     }
 
+    /// Counts the connection from `start` rather than from the record's making: a QUIC flow
+    /// from its first Initial.
+    pub(super) fn since(&mut self, start: Instant) {
+        self.start = start;
+    }
+
     /// Time since accept.
     pub(super) fn elapsed(&self) -> std::time::Duration {
         self.start.elapsed()

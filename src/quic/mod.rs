@@ -4,6 +4,10 @@
 //! reassembles the CRYPTO frames into the ClientHello in any order, and parses it with the same
 //! parser and fail-closed rules as TCP. Nothing after the Initials is decrypted.
 //!
+//! It also writes the one packet a router sends of its own: [`InitialReader::refusal`], the
+//! CONNECTION_CLOSE a server would send a hello it has no route for; and [`packet::long_ids`]
+//! reads the connection IDs a flow is found by.
+//!
 //! Pure: no sockets and no clock. Bounded: the handshake assembler keeps at most its limit of
 //! CRYPTO stream and a capped number of gaps; each datagram is read once.
 //!
@@ -35,7 +39,8 @@ pub fn varint(value: u64, out: &mut Vec<u8>) {
     }
 }
 
-/// CRYPTO stream bytes held for one hello by default (ngtcp2 holds 16 KiB too).
+/// CRYPTO stream bytes the tests and fuzz targets hold for one hello (ngtcp2's limit); a quic
+/// listener holds up to `limits.max_client_hello`, the same bound as over TCP.
 pub const DEFAULT_CRYPTO_LIMIT: usize = 16 * 1024;
 /// The smallest datagram that may carry a client's Initial (RFC 9000 §14.1).
 pub const MIN_INITIAL_DATAGRAM: usize = 1200;

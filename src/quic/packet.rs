@@ -102,9 +102,8 @@ pub fn first(datagram: &[u8]) -> Result<Packet<'_>, QuicError> {
     }
     let wire = reader.u32()?;
     let version = Version::of(wire).ok_or(QuicError::UnknownVersion(wire))?;
-    if first & 0x40 == 0 {
-        return Err(QuicError::Malformed("the fixed bit is clear"));
-    }
+    // The fixed bit is not checked: a client that remembers its server allows it may grease it
+    // even in its first Initial (RFC 9287 §3).
     let packet_type = (first >> 4) & 0b11;
     if packet_type == version.retry_type() {
         return Err(QuicError::Malformed("a Retry packet from a client"));
@@ -149,9 +148,18 @@ pub fn long_ids(datagram: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((dcid, scid))
 }
 
-/// Whether `datagram` starts with an Initial packet of a version sniroute reads.
-pub fn is_initial(datagram: &[u8]) -> bool {
-    matches!(first(datagram), Ok(Packet::Long(packet, _)) if packet.initial)
+/// The Source Connection ID a backend chose, from the first packet of its `datagram`: a long
+/// header of version 1 or 2 that is not a Retry (whose ID the client drops for the next one);
+/// `None` otherwise, a Version Negotiation packet included. The fixed bit is not looked at: an
+/// endpoint may grease it once its peer allows (RFC 9287).
+pub fn source_id(datagram: &[u8]) -> Option<&[u8]> {
+    let first = *datagram.first()?;
+    let wire = u32::from_be_bytes(datagram.get(1..5)?.try_into().ok()?);
+    let version = Version::of(wire)?;
+    if first & 0x80 == 0 || (first >> 4) & 0b11 == version.retry_type() {
+        return None;
+    }
+    long_ids(datagram).map(|(_, scid)| scid)
 }
 
 /// Reads QUIC's big-endian fields and variable-length integers (RFC 9000 §16).

@@ -4,7 +4,7 @@
 //! nothing but a log line.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::flow::{backend_socket, FlowTask};
-use super::{Cid, Flow, Flows, Link, Pending, MAX_HELD};
+use super::{Cid, Flow, Flows, Link, Pending};
 use crate::hello::{ClientHello, Transport};
 use crate::metrics::{AttemptResult, QuicDrop};
 use crate::proxy::access_log::{AccessLog, Cause};
@@ -20,11 +20,27 @@ use crate::proxy::relay::Counts;
 use crate::proxy::sniff::SniffError;
 use crate::proxy::{ticks, Live, Outcome, Side};
 use crate::quic::packet::{self, Packet};
-use crate::quic::{InitialReader, QuicError, DEFAULT_CRYPTO_LIMIT};
+use crate::quic::{InitialReader, QuicError};
 use crate::route::Open;
 
 /// The TLS alert a flow with no route is closed with.
 const UNRECOGNIZED_NAME: u8 = 112;
+
+/// The bytes a pending flow may hold, for a hello of at most `hello_limit`: Initials are padded
+/// to 1,200 bytes and carry headers, and 0-RTT packets may come alongside.
+fn held_limit(hello_limit: usize) -> usize {
+    2 * hello_limit + 16 * 1024
+}
+
+/// A backend a flow was routed to.
+struct Backend {
+    address: SocketAddr,
+    /// Connected to it, the held datagrams sent.
+    socket: UdpSocket,
+    /// The lengths of those sent.
+    sent: Vec<usize>,
+    open: Open,
+}
 
 impl Flows {
     /// A datagram that may start a flow: its first packet must be an Initial of a version
@@ -51,10 +67,12 @@ impl Flows {
             return self.drop_one(QuicDrop::PendingLimit);
         }
         *self.pending_per_ip.entry(from.ip()).or_default() += 1;
+        self.listener.metrics.load().accepted.increment(1);
         self.pending.insert(
             cid,
             Pending {
-                reader: InitialReader::new(DEFAULT_CRYPTO_LIMIT),
+                // The same bound as a hello over TCP.
+                reader: InitialReader::new(limits.max_client_hello),
                 held: Vec::new(),
                 bytes: 0,
                 client: from,
@@ -75,7 +93,10 @@ impl Flows {
 
     /// A datagram of a pending flow: held, and read for the hello.
     pub(super) fn hold(&mut self, cid: Cid, datagram: &[u8], from: SocketAddr) {
-        let limit = self.live.load().limits.max_pending_hello_bytes;
+        let (limit, hello_limit) = {
+            let limits = &self.live.load().limits;
+            (limits.max_pending_hello_bytes, limits.max_client_hello)
+        };
         let Some(pending) = self.pending.get_mut(&cid) else {
             return;
         };
@@ -83,7 +104,7 @@ impl Flows {
             // Another address using this DCID before any answer: not the client's.
             return self.drop_one(QuicDrop::NoFlow);
         }
-        if pending.bytes + datagram.len() > MAX_HELD {
+        if pending.bytes + datagram.len() > held_limit(hello_limit) {
             return self.drop_one(QuicDrop::PendingFull);
         }
         if !self.shared.hello_budget.take(datagram.len(), limit) {
@@ -175,8 +196,14 @@ impl Flows {
                 // A pool whose only host name hasn't resolved yet.
                 None => Some((Outcome::BackendUnreachable, Side::Backend, Cause::None)),
                 Some(member) => match backend_socket(member.address, &pending.held) {
-                    Ok(backend) => {
-                        self.open(cid, &pending, backend, member.open(), hello, live.clone());
+                    Ok((socket, sent)) => {
+                        let backend = Backend {
+                            address: member.address,
+                            socket,
+                            sent,
+                            open: member.open(),
+                        };
+                        self.open(cid, &pending, backend, hello, live.clone());
                         return;
                     }
                     Err(error) => {
@@ -188,6 +215,7 @@ impl Flows {
             },
         };
         let mut log = AccessLog::new(pending.client, &live);
+        log.since(pending.since);
         log.hello(&mut hello, Transport::Quic);
         log.metrics = decision.metrics;
         log.route = decision.route;
@@ -202,26 +230,26 @@ impl Flows {
         }
     }
 
-    /// Opens a routed flow: replays what it held to `backend` and starts its task.
+    /// Opens a routed flow, its held datagrams replayed to `backend`: enters it in the table and
+    /// starts its task.
     fn open(
         &mut self,
         cid: Cid,
         pending: &Pending,
-        backend: (UdpSocket, Vec<usize>),
-        open: Open,
+        backend: Backend,
         hello: ClientHello,
         live: Arc<Live>,
     ) {
-        let (backend, sent) = backend;
         let link = Arc::new(Link {
-            backend_address: backend.peer_addr().unwrap_or(pending.client),
-            backend,
+            backend_address: backend.address,
+            backend: backend.socket,
             client: ArcSwap::from_pointee(pending.client),
             last: AtomicU64::new(ticks()),
+            established: AtomicBool::new(false),
             bytes: Counts::default(),
             datagrams: Counts::default(),
         });
-        for &len in &sent {
+        for &len in &backend.sent {
             link.moved(len, 1, true);
         }
         let id = self.next_id;
@@ -233,9 +261,11 @@ impl Flows {
                 client: pending.client,
                 cids: vec![cid],
                 cid_len: None,
+                seen: ticks(),
             },
         );
-        self.by_cid.insert(cid, id);
+        // A pending flow's ID is no routed flow's (both are looked up first): never taken over.
+        self.by_cid.entry(cid).or_insert(id);
         self.by_address.join(pending.client, id);
         self.by_ip.join(pending.client.ip(), id);
         let task = FlowTask {
@@ -244,9 +274,11 @@ impl Flows {
             client_socket: self.socket.clone(),
             udp: self.udp.clone(),
             events: self.events.clone(),
-            _open: open,
+            _open: backend.open,
             learned: false,
             reads: 0,
+            closing: self.closed.clone(),
+            started: pending.since,
         };
         self.tracker.spawn(task.run(live, hello));
     }

@@ -11,9 +11,11 @@ use std::time::Duration;
 use quinn_udp::UdpSocketState;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::udp::{receive, send, MAX_DATAGRAM};
-use super::{Cid, Event, Link};
+use super::{Cid, Event, Link, BATCH};
 use crate::hello::{ClientHello, Transport};
 use crate::proxy::access_log::{AccessLog, Cause};
 use crate::proxy::{ticks, Live, Outcome, Side};
@@ -66,6 +68,10 @@ pub(super) struct FlowTask {
     pub(super) learned: bool,
     /// Reads from the backend so far, up to [`GRO_AFTER`].
     pub(super) reads: u32,
+    /// Cancelled when the listener that routed it is gone and its drain time is up.
+    pub(super) closing: CancellationToken,
+    /// When its first Initial came.
+    pub(super) started: Instant,
 }
 
 impl FlowTask {
@@ -76,6 +82,7 @@ impl FlowTask {
             link: &link,
         };
         if let Some(log) = &mut record.log {
+            log.since(self.started);
             log.hello(&mut hello, Transport::Quic);
             drop(hello);
             // Looked up again rather than handed over: the record borrows the table it is
@@ -89,39 +96,64 @@ impl FlowTask {
             log.backend = Some(link.backend_address);
             log.attempts = 1;
         }
-        let idle = live.timeouts.quic_idle.as_millis() as u64;
+        let timeouts = &live.timeouts;
+        let idle = |established: bool| match established {
+            true => timeouts.quic_idle,
+            // Only Initials so far: a client that never goes on (a spoofed address) holds
+            // the flow no longer than a hello may take.
+            false => timeouts.quic_idle.min(timeouts.client_hello),
+        };
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         let ending = loop {
-            let deadline = link.last.load(Ordering::Relaxed) + idle;
+            let established = link.established.load(Ordering::Relaxed);
+            let deadline = link.last.load(Ordering::Relaxed) + idle(established).as_millis() as u64;
             let now = ticks();
             if now >= deadline {
                 break (Outcome::IdleTimeout, Side::Internal, Cause::None);
             }
+            timer
+                .as_mut()
+                .reset(Instant::now() + Duration::from_millis(deadline - now));
             tokio::select! {
                 ready = link.backend.readable() => {
-                    if let Err(error) = ready.and_then(|()| self.relay()) {
-                        let outcome = match error.kind() {
-                            std::io::ErrorKind::ConnectionRefused => Outcome::BackendUnreachable,
-                            _ => Outcome::Reset,
-                        };
-                        break (outcome, Side::Backend, Cause::Io((&error).into()));
+                    match ready.and_then(|()| self.relay()) {
+                        Ok(true) => {}
+                        // More waiting: let the worker's other flows have their turn first.
+                        Ok(false) => tokio::task::yield_now().await,
+                        Err(error) => {
+                            let outcome = match error.kind() {
+                                std::io::ErrorKind::ConnectionRefused => {
+                                    Outcome::BackendUnreachable
+                                }
+                                _ => Outcome::Reset,
+                            };
+                            break (outcome, Side::Backend, Cause::Io((&error).into()));
+                        }
                     }
                 }
-                () = tokio::time::sleep(Duration::from_millis(deadline - now)) => {}
+                () = &mut timer => {}
+                () = self.closing.cancelled() => {
+                    break (Outcome::Drained, Side::Internal, Cause::None);
+                }
             }
         };
         record.end(ending);
         let _ = self.events.send(Event::Ended(self.id));
     }
 
-    /// Sends every datagram the backend has waiting to the client: a burst read at once
-    /// (GRO) goes out in one send (GSO), its datagrams as they came.
-    fn relay(&mut self) -> std::io::Result<()> {
+    /// Sends what the backend has waiting to the client, [`BATCH`] reads at most: a burst read
+    /// at once (GRO) goes out in one send (GSO), its datagrams as they came. `Ok(true)` once
+    /// nothing is left.
+    fn relay(&mut self) -> std::io::Result<bool> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            loop {
+            for _ in 0..BATCH {
                 let meta = match receive(&self.link.backend, &self.udp, &mut scratch) {
                     Ok(meta) => meta,
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Ok(true)
+                    }
                     Err(error) => return Err(error),
                 };
                 self.reads = (self.reads + 1).min(GRO_AFTER + 1);
@@ -133,10 +165,13 @@ impl FlowTask {
                 }
                 let burst = &scratch[..meta.len];
                 if !self.learned {
-                    let learned = packet::long_ids(burst).and_then(|(_, scid)| Cid::new(scid));
-                    if let Some(cid) = learned {
+                    // The backend's first Initial or Handshake packet names its connection ID
+                    // (not a Retry's, which it drops, nor a Version Negotiation's).
+                    if let Some(scid) = packet::source_id(burst) {
                         self.learned = true;
-                        let _ = self.events.send(Event::Learned(self.id, cid));
+                        if let Some(cid) = Cid::new(scid) {
+                            let _ = self.events.send(Event::Learned(self.id, cid));
+                        }
                     }
                 }
                 let client = **self.link.client.load();
@@ -155,6 +190,7 @@ impl FlowTask {
                     self.link.moved(meta.len, datagrams, false);
                 }
             }
+            Ok(false)
         })
     }
 }

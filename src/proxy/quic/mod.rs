@@ -31,7 +31,8 @@
 //!
 //! Every table is bounded: flows and pending flows by `limits.max_quic_flows`, pending ones per
 //! client address by `limits.max_pending_per_ip`, in time by `timeouts.client_hello`, and in
-//! bytes by `limits.max_pending_hello_bytes` (shared with TCP) and [`MAX_HELD`] each.
+//! bytes by `limits.max_pending_hello_bytes` (shared with TCP) and about twice
+//! `limits.max_client_hello` each.
 
 mod admit;
 mod flow;
@@ -39,7 +40,7 @@ mod udp;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,9 +60,6 @@ use crate::quic::packet::{self, MAX_CID_LEN};
 use crate::quic::InitialReader;
 use udp::{receive, send, MAX_DATAGRAM};
 
-/// Datagrams one pending flow may hold before its hello is whole (Initials, and 0-RTT packets
-/// sent alongside), in bytes: a post-quantum hello takes two datagrams of ~1,250 bytes.
-const MAX_HELD: usize = 64 * 1024;
 /// Reads the listener's task makes per wake-up at most.
 const BATCH: usize = 64;
 /// How often pending flows are checked against `timeouts.client_hello`.
@@ -100,6 +98,9 @@ struct Link {
     client: ArcSwap<SocketAddr>,
     /// [`super::ticks`] when a datagram last moved either way.
     last: AtomicU64,
+    /// Whether the client has sent anything since the flow was routed: until then (a hello
+    /// from a spoofed address never goes on), the flow idles out after `timeouts.client_hello`.
+    established: AtomicBool,
     bytes: Counts,
     datagrams: Counts,
 }
@@ -130,8 +131,13 @@ struct Flow {
     cids: Vec<Cid>,
     /// The length of the backend's IDs, once learned: how long a short header's DCID is.
     cid_len: Option<u8>,
+    /// [`ticks`] when a datagram last came from `client`.
+    seen: u64,
 }
 
+/// How long, in milliseconds, a client's address must have been quiet before a datagram found
+/// by address alone from another one moves its flow there.
+const QUIET: u64 = 1000;
 /// Connection IDs a flow is found by, at most.
 const MAX_FLOW_CIDS: usize = 8;
 
@@ -211,6 +217,8 @@ struct Flows {
     next_id: u64,
     /// No new flows: a drain has begun, or the listener was removed by a reload.
     closing: bool,
+    /// Ends every routed flow's task: when a removed listener's flows have had `timeouts.drain`.
+    closed: CancellationToken,
 }
 
 /// Serves the bound UDP `socket` until `stop` fires, then, if flows are left, hands them to a
@@ -253,14 +261,19 @@ pub async fn serve(
         pending_per_ip: HashMap::new(),
         next_id: 0,
         closing: false,
+        closed: CancellationToken::new(),
     };
     let mut buffer = vec![0; MAX_DATAGRAM].into_boxed_slice();
     table.run(&mut buffer, &mut received, Some(&stop)).await;
     table.closing = true;
     table.drop_pending();
     if !table.flows.is_empty() {
+        // Routed flows run on, within the drain time (a shutdown's own end drops them sooner).
+        let drain = table.live.load().timeouts.drain;
         flows.spawn(async move {
-            table.run(&mut buffer, &mut received, None).await;
+            let running = table.run(&mut buffer, &mut received, None);
+            let _ = tokio::time::timeout(drain, running).await;
+            table.closed.cancel();
         });
     }
 }
@@ -355,86 +368,91 @@ impl Flows {
         }
     }
 
-    /// The routed flow a datagram belongs to, and whether it was found by connection ID: by
-    /// ID; else by address, then by IP (one flow there), except for an Initial with an ID of no
-    /// flow, which starts one.
-    fn find(&self, datagram: &[u8], from: SocketAddr) -> Option<(u64, bool)> {
+    /// The routed flow a datagram's destination connection ID names: a long header's DCID, or
+    /// a short header's first bytes at each ID length learned.
+    fn by_id(&self, datagram: &[u8]) -> Option<u64> {
         match packet::long_ids(datagram) {
-            Some((dcid, _)) => {
-                if let Some(&id) = Cid::new(dcid).and_then(|cid| self.by_cid.get(&cid)) {
-                    return Some((id, true));
-                }
-                if packet::is_initial(datagram) {
-                    return None;
-                }
-            }
-            None => {
-                for &len in &self.cid_lengths {
-                    let id = datagram
-                        .get(1..1 + usize::from(len))
-                        .and_then(Cid::new)
-                        .and_then(|cid| self.by_cid.get(&cid));
-                    if let Some(&id) = id {
-                        return Some((id, true));
-                    }
-                }
-            }
+            Some((dcid, _)) => Cid::new(dcid)
+                .and_then(|cid| self.by_cid.get(&cid))
+                .copied(),
+            None => self.cid_lengths.iter().find_map(|&len| {
+                let cid = datagram.get(1..1 + usize::from(len)).and_then(Cid::new)?;
+                self.by_cid.get(&cid).copied()
+            }),
         }
-        let id = self
-            .by_address
-            .only(&from)
-            .or_else(|| self.by_ip.only(&from.ip()))?;
-        Some((id, false))
     }
 
     fn datagram(&mut self, datagram: &[u8], from: SocketAddr, ecn: Option<EcnCodepoint>) {
         if datagram.is_empty() {
             return self.drop_one(QuicDrop::Malformed);
         }
-        if let Some((id, by_cid)) = self.find(datagram, from) {
-            return self.forward(id, datagram, from, by_cid, ecn);
+        if let Some(id) = self.by_id(datagram) {
+            return self.forward(id, datagram, from, true, ecn);
         }
-        if datagram[0] & 0x80 == 0 {
-            // A short header: only a routed flow's.
-            return self.drop_one(QuicDrop::NoFlow);
-        }
-        let pending = packet::long_ids(datagram)
-            .and_then(|(dcid, _)| Cid::new(dcid))
-            .filter(|cid| self.pending.contains_key(cid));
-        match pending {
-            Some(cid) => self.hold(cid, datagram, from),
-            None => self.start(datagram, from),
+        let fallback = match (datagram[0] & 0x80, packet::long_ids(datagram)) {
+            // A short header of an ID sniroute didn't see issued (inside encrypted frames): the
+            // one flow of its address, or, the client's port having changed, of its IP.
+            (0, _) => self
+                .by_address
+                .only(&from)
+                .or_else(|| self.by_ip.only(&from.ip())),
+            // A long header: a pending flow's, one that starts a flow (or is refused as it
+            // tries), or, for a backend that uses no connection IDs (an empty DCID), the one
+            // flow of its address.
+            (_, Some((dcid, _))) => match Cid::new(dcid) {
+                Some(cid) if self.pending.contains_key(&cid) => {
+                    return self.hold(cid, datagram, from)
+                }
+                Some(_) => return self.start(datagram, from),
+                None => self.by_address.only(&from),
+            },
+            (_, None) => return self.start(datagram, from),
+        };
+        match fallback {
+            Some(id) => self.forward(id, datagram, from, false, ecn),
+            None => self.drop_one(QuicDrop::NoFlow),
         }
     }
 
-    /// A datagram of a routed flow: to its backend, as it came. Found other than by a known
-    /// ID, a short header's DCID is learned as the flow's.
+    /// A datagram of a routed flow, found by a connection ID it knows (`by_id`) or by its
+    /// client's address: to its backend, as it came.
+    ///
+    /// From another address than the client's last, the flow follows it (NAT rebinding) when
+    /// the datagram named a known ID, which an off-path sender can't guess; found by address
+    /// alone, only once the client's last address has been quiet for [`QUIET`] (a rebinding
+    /// client has left it; a spoofed datagram would otherwise steal a busy flow's answers), and
+    /// the short header's ID is then learned as the flow's.
     fn forward(
         &mut self,
         id: u64,
         datagram: &[u8],
         from: SocketAddr,
-        by_cid: bool,
+        by_id: bool,
         ecn: Option<EcnCodepoint>,
     ) {
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
         let link = flow.link.clone();
-        let alias = match (by_cid, flow.cid_len, datagram[0] & 0x80) {
-            (false, Some(len), 0) => datagram.get(1..1 + usize::from(len)).and_then(Cid::new),
-            _ => None,
-        };
-        if let Some(alias) = alias.filter(|alias| !self.by_cid.contains_key(alias)) {
-            if flow.cids.len() == MAX_FLOW_CIDS {
-                // The oldest ID the client moved to (the first two stay).
-                self.by_cid.remove(&flow.cids.remove(2));
+        link.established.store(true, Ordering::Relaxed);
+        let now = ticks();
+        if flow.client == from {
+            flow.seen = now;
+        } else if by_id || now.saturating_sub(flow.seen) >= QUIET {
+            flow.seen = now;
+            let alias = match (by_id, flow.cid_len, datagram[0] & 0x80) {
+                (false, Some(len), 0) => datagram.get(1..1 + usize::from(len)).and_then(Cid::new),
+                _ => None,
+            };
+            if let Some(alias) = alias.filter(|alias| !self.by_cid.contains_key(alias)) {
+                if flow.cids.len() == MAX_FLOW_CIDS {
+                    // The oldest ID the client moved to (the first two stay).
+                    self.by_cid.remove(&flow.cids.remove(2));
+                }
+                flow.cids.push(alias);
+                self.by_cid.insert(alias, id);
             }
-            flow.cids.push(alias);
-            self.by_cid.insert(alias, id);
-        }
-        if flow.client != from {
-            // The client's address or port changed (NAT rebinding): answers follow it.
+            // The client's address or port changed: answers follow it.
             let before = std::mem::replace(&mut flow.client, from);
             link.client.store(Arc::new(from));
             self.by_address.leave(&before, id);
@@ -455,5 +473,38 @@ impl Flows {
             // a datagram, and QUIC sends it again.
             Err(_) => self.drop_one(QuicDrop::SendFailed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key's one flow is found whichever of several left first; none while two are there.
+    #[test]
+    fn occupancy_names_a_key_s_only_flow() {
+        let mut occupancy = Occupancy(HashMap::new());
+        let key = "192.0.2.1".parse::<IpAddr>().unwrap();
+        occupancy.join(key, 3);
+        assert_eq!(occupancy.only(&key), Some(3));
+        occupancy.join(key, 5);
+        occupancy.join(key, 9);
+        assert_eq!(occupancy.only(&key), None);
+        occupancy.leave(&key, 3);
+        occupancy.leave(&key, 9);
+        assert_eq!(
+            occupancy.only(&key),
+            Some(5),
+            "the one left, not the latest"
+        );
+        occupancy.leave(&key, 5);
+        assert!(occupancy.0.is_empty(), "an empty key is forgotten");
+    }
+
+    #[test]
+    fn connection_ids_are_keys_only_when_they_name_something() {
+        assert_eq!(Cid::new(&[]), None);
+        assert_eq!(Cid::new(&[1; 21]), None);
+        assert_ne!(Cid::new(&[1, 2]), Cid::new(&[1, 2, 0]));
     }
 }
