@@ -21,7 +21,8 @@
 //! generator (2 runtime threads) and the backends: ratios say more than absolute figures.
 //! sniroute only: full TLS 1.3 handshakes/s through a passthrough and a terminate route (client
 //! crypto runs here too), and micro-benchmarks of the peeker and of a lookup in 100,000 routes
-//! (`bench micro` runs only those).
+//! (`bench micro` runs only those). QUIC through sniroute against direct: `quic/`. A million
+//! routes against nginx's `map`: `scale/`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -46,6 +47,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 mod quic;
+mod scale;
 
 /// Client tasks in the closed-loop measurements.
 const CONCURRENCY: usize = 64;
@@ -118,7 +120,7 @@ struct Args {
     /// Idle connections held for the memory figure.
     #[arg(long, default_value_t = 4000)]
     idle: usize,
-    /// Only these figures (connections, throughput, latency, idle, quic), without the TLS and
+    /// Only these figures (connections, throughput, latency, idle, quic, scale), without the TLS and
     /// micro-benchmark tables: for iterating on one figure.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -126,6 +128,9 @@ struct Args {
     /// `sniroute-baseline`: a before/after in one run.
     #[arg(long, value_name = "PATH")]
     baseline: Option<PathBuf>,
+    /// Route counts for the multi-tenant scale section.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    scale: Vec<usize>,
     /// Leave out these columns (for example `haproxy,nginx,sniroute-log-off`) to iterate faster.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -154,6 +159,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", machine(fd_limit));
     let only = args.only.clone();
     let bench = Bench {
+        scale: args.scale,
         only: args.only,
         baseline: args.baseline,
         skip: args.skip,
@@ -190,6 +196,8 @@ fn main() -> anyhow::Result<()> {
 /// What every measurement shares.
 struct Bench {
     names: Arc<[Name]>,
+    /// `--scale`: route counts for the scale section.
+    scale: Vec<usize>,
     /// `--only`: the figures to run (all when empty).
     only: Vec<String>,
     /// `--baseline`: another sniroute binary.
@@ -325,6 +333,13 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
             Err(error) => format!("TLS handshakes: failed: {error:#}\n"),
         },
     };
+    let scale = match bench.only.is_empty() || bench.only.iter().any(|only| only == "scale") {
+        false => String::new(),
+        true => match scale::section(&bench, &bench.scale) {
+            Ok(table) => format!("## Multi-tenant scale\n\n{table}"),
+            Err(error) => format!("Multi-tenant scale: failed: {error:#}\n"),
+        },
+    };
     let quic_only = bench.only.iter().any(|only| only == "quic");
     let quic = match bench.only.is_empty() || quic_only {
         false => String::new(),
@@ -344,7 +359,7 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
          open loop at {} connections/s, from each scheduled start. RSS: {} idle connections on a \
          fresh instance of each proxy (allocators keep freed memory: an instance that already \
          served a run would hide the cost).\n\n{}{}\nClient crypto runs in the bench process, \
-         on the same cores.\n\n{tls}\n{quic}",
+         on the same cores.\n\n{tls}\n{quic}\n{scale}",
         bench.window.as_secs_f64(),
         bench.rate,
         bench.idle,
@@ -1632,3 +1647,15 @@ fn signal(pid: u32, kill: bool) {
 
 #[cfg(not(target_os = "linux"))]
 fn signal(_pid: u32, _kill: bool) {}
+
+/// SIGHUP: a reload.
+#[cfg(target_os = "linux")]
+fn signal_hup(pid: u32) {
+    use rustix::process::{kill_process, Pid, Signal};
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, Signal::HUP);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn signal_hup(_pid: u32) {}
