@@ -268,22 +268,38 @@ fn check(path: &Path) -> anyhow::Result<()> {
         )?;
     }
     let timeouts = config.timeouts;
+    // The QUIC bounds only where a quic listener uses them.
+    let quic = config
+        .listeners
+        .iter()
+        .any(|listen| listen.protocol.is_udp());
     writeln!(
         out,
-        "timeouts  client_hello {}, connect {}, idle {}, drain {}, proxy_header {}",
+        "timeouts  client_hello {}, connect {}, idle {}, drain {}, proxy_header {}{}",
         humantime::format_duration(timeouts.client_hello),
         humantime::format_duration(timeouts.connect),
         humantime::format_duration(timeouts.idle),
         humantime::format_duration(timeouts.drain),
-        humantime::format_duration(timeouts.proxy_header)
+        humantime::format_duration(timeouts.proxy_header),
+        match quic {
+            true => format!(
+                ", quic_idle {}",
+                humantime::format_duration(timeouts.quic_idle)
+            ),
+            false => String::new(),
+        }
     )?;
     writeln!(
         out,
-        "limits    max_connections {}, max_client_hello {}, max_pending_per_ip {}, max_pending_hello_bytes {}",
+        "limits    max_connections {}, max_client_hello {}, max_pending_per_ip {}, max_pending_hello_bytes {}{}",
         config.limits.max_connections,
         config.limits.max_client_hello,
         config.limits.max_pending_per_ip,
-        config.limits.max_pending_hello_bytes
+        config.limits.max_pending_hello_bytes,
+        match quic {
+            true => format!(", max_quic_flows {}", config.limits.max_quic_flows),
+            false => String::new(),
+        }
     )?;
     writeln!(out, "routes, in the order they match:")?;
     let rows: Vec<[String; 6]> = in_match_order(&config)

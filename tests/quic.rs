@@ -585,3 +585,31 @@ async fn chromium_loads_a_page_over_http3_through_sniroute() {
     }
     assert_eq!(proxy.terminate().await, Some(0));
 }
+
+/// `check` shows a quic listener as such, and the bounds only quic listeners use.
+#[test]
+fn check_shows_quic_listeners_and_their_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        "[[listen]]\naddress = \"127.0.0.1:8443\"\n\n[[listen]]\naddress = \"127.0.0.1:8443\"\n\
+         protocol = \"quic\"\n\n[[route]]\nsni = \"app.test\"\nbackend = \"127.0.0.1:9001\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sniroute"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "listen    127.0.0.1:8443\n",
+        "listen    127.0.0.1:8443 (quic)\n",
+        ", quic_idle 1m\n",
+        ", max_quic_flows 10000\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+}
