@@ -80,35 +80,35 @@ impl Flows {
             },
         );
         drop(live);
-        self.hold(cid, datagram, from);
-        if self
-            .pending
-            .get(&cid)
-            .is_some_and(|pending| pending.held.is_empty())
-        {
+        if !self.hold(cid, datagram, from) {
             // Its first datagram wasn't held (the budget is spent): no flow.
             self.remove_pending(&cid);
         }
     }
 
-    /// A datagram of a pending flow: held, and read for the hello.
-    pub(super) fn hold(&mut self, cid: Cid, datagram: &[u8], from: SocketAddr) {
+    /// A datagram of a pending flow: held, and read for the hello. Whether it was held (it
+    /// wasn't when refused, and then was dropped and counted).
+    pub(super) fn hold(&mut self, cid: Cid, datagram: &[u8], from: SocketAddr) -> bool {
         let (limit, hello_limit) = {
             let limits = &self.live.load().limits;
             (limits.max_pending_hello_bytes, limits.max_client_hello)
         };
         let Some(pending) = self.pending.get_mut(&cid) else {
-            return;
+            return false;
         };
-        if pending.client != from {
+        let refused = if pending.client != from {
             // Another address using this DCID before any answer: not the client's.
-            return self.drop_one(QuicDrop::NoFlow);
-        }
-        if pending.bytes + datagram.len() > held_limit(hello_limit) {
-            return self.drop_one(QuicDrop::PendingFull);
-        }
-        if !self.shared.hello_budget.take(datagram.len(), limit) {
-            return self.drop_one(QuicDrop::HelloBudget);
+            Some(QuicDrop::NoFlow)
+        } else if pending.bytes + datagram.len() > held_limit(hello_limit) {
+            Some(QuicDrop::PendingFull)
+        } else if !self.shared.hello_budget.take(datagram.len(), limit) {
+            Some(QuicDrop::HelloBudget)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            self.drop_one(reason);
+            return false;
         }
         pending.bytes += datagram.len();
         pending.held.push(datagram.to_vec());
@@ -136,6 +136,7 @@ impl Flows {
                 }
             }
         }
+        true
     }
 
     /// Takes a pending flow out of the table, giving back what it held.
@@ -249,8 +250,9 @@ impl Flows {
             bytes: Counts::default(),
             datagrams: Counts::default(),
         });
+        let now = ticks();
         for &len in &backend.sent {
-            link.moved(len, 1, true);
+            link.moved(len, 1, true, now);
         }
         let id = self.next_id;
         self.next_id += 1;

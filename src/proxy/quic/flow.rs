@@ -187,7 +187,7 @@ impl FlowTask {
                 .is_ok()
                 {
                     let datagrams = meta.len.div_ceil(meta.stride.max(1));
-                    self.link.moved(meta.len, datagrams, false);
+                    self.link.moved(meta.len, datagrams, false, ticks());
                 }
             }
             Ok(false)

@@ -106,15 +106,15 @@ struct Link {
 }
 
 impl Link {
-    /// Counts `datagrams` of `bytes` in all, moved one way.
-    fn moved(&self, bytes: usize, datagrams: usize, to_backend: bool) {
+    /// Counts `datagrams` of `bytes` in all, moved one way at `now` ([`ticks`]).
+    fn moved(&self, bytes: usize, datagrams: usize, to_backend: bool, now: u64) {
         let (bytes_count, datagrams_count) = match to_backend {
             true => (&self.bytes.to_backend, &self.datagrams.to_backend),
             false => (&self.bytes.to_client, &self.datagrams.to_client),
         };
         bytes_count.fetch_add(bytes as u64, Ordering::Relaxed);
         datagrams_count.fetch_add(datagrams as u64, Ordering::Relaxed);
-        self.last.store(ticks(), Ordering::Relaxed);
+        self.last.store(now, Ordering::Relaxed);
     }
 }
 
@@ -401,7 +401,8 @@ impl Flows {
             // flow of its address.
             (_, Some((dcid, _))) => match Cid::new(dcid) {
                 Some(cid) if self.pending.contains_key(&cid) => {
-                    return self.hold(cid, datagram, from)
+                    self.hold(cid, datagram, from);
+                    return;
                 }
                 Some(_) => return self.start(datagram, from),
                 None => self.by_address.only(&from),
@@ -430,36 +431,20 @@ impl Flows {
         by_id: bool,
         ecn: Option<EcnCodepoint>,
     ) {
+        let now = ticks();
         let Some(flow) = self.flows.get_mut(&id) else {
             return;
         };
-        let link = flow.link.clone();
-        link.established.store(true, Ordering::Relaxed);
-        let now = ticks();
         if flow.client == from {
             flow.seen = now;
         } else if by_id || now.saturating_sub(flow.seen) >= QUIET {
-            flow.seen = now;
-            let alias = match (by_id, flow.cid_len, datagram[0] & 0x80) {
-                (false, Some(len), 0) => datagram.get(1..1 + usize::from(len)).and_then(Cid::new),
-                _ => None,
-            };
-            if let Some(alias) = alias.filter(|alias| !self.by_cid.contains_key(alias)) {
-                if flow.cids.len() == MAX_FLOW_CIDS {
-                    // The oldest ID the client moved to (the first two stay).
-                    self.by_cid.remove(&flow.cids.remove(2));
-                }
-                flow.cids.push(alias);
-                self.by_cid.insert(alias, id);
-            }
-            // The client's address or port changed: answers follow it.
-            let before = std::mem::replace(&mut flow.client, from);
-            link.client.store(Arc::new(from));
-            self.by_address.leave(&before, id);
-            self.by_ip.leave(&before.ip(), id);
-            self.by_address.join(from, id);
-            self.by_ip.join(from.ip(), id);
+            self.follow(id, datagram, from, by_id, now);
         }
+        let Some(flow) = self.flows.get(&id) else {
+            return;
+        };
+        let link = &flow.link;
+        link.established.store(true, Ordering::Relaxed);
         match send(
             &self.udp,
             &link.backend,
@@ -468,11 +453,38 @@ impl Flows {
             datagram,
             0,
         ) {
-            Ok(()) => link.moved(datagram.len(), 1, true),
+            Ok(()) => link.moved(datagram.len(), 1, true, now),
             // The backend socket's buffer is full, or an ICMP error was queued: UDP may lose
             // a datagram, and QUIC sends it again.
             Err(_) => self.drop_one(QuicDrop::SendFailed),
         }
+    }
+
+    /// Moves flow `id` to the client's new address `from` (its answers follow), learning a
+    /// short header's ID as the flow's when the datagram was found by address alone.
+    fn follow(&mut self, id: u64, datagram: &[u8], from: SocketAddr, by_id: bool, now: u64) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.seen = now;
+        let alias = match (by_id, flow.cid_len, datagram[0] & 0x80) {
+            (false, Some(len), 0) => datagram.get(1..1 + usize::from(len)).and_then(Cid::new),
+            _ => None,
+        };
+        if let Some(alias) = alias.filter(|alias| !self.by_cid.contains_key(alias)) {
+            if flow.cids.len() == MAX_FLOW_CIDS {
+                // The oldest ID the client moved to (the first two stay).
+                self.by_cid.remove(&flow.cids.remove(2));
+            }
+            flow.cids.push(alias);
+            self.by_cid.insert(alias, id);
+        }
+        let before = std::mem::replace(&mut flow.client, from);
+        flow.link.client.store(Arc::new(from));
+        self.by_address.leave(&before, id);
+        self.by_ip.leave(&before.ip(), id);
+        self.by_address.join(from, id);
+        self.by_ip.join(from.ip(), id);
     }
 }
 
