@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             let config = config::load(&args.config)?;
             let _flush_logs_at_exit = init_logging(args.log_format)?;
-            runtime()?.block_on(serve(&args.config, &config, args.workers))?;
+            runtime()?.block_on(serve(&args.config, config, args.workers))?;
         }
         Some(Command::Check) => check(&args.config)?,
         Some(Command::Explain { sni, alpn, client }) => {
@@ -187,9 +187,11 @@ async fn bind(path: &Path, config: &Config, workers: Option<u16>) -> anyhow::Res
 }
 
 /// Binds, installs the signal handlers, then serves until SIGTERM or SIGINT.
-async fn serve(path: &Path, config: &Config, workers: Option<u16>) -> anyhow::Result<()> {
-    let server = bind(path, config, workers).await?;
+async fn serve(path: &Path, config: Config, workers: Option<u16>) -> anyhow::Result<()> {
+    let server = bind(path, &config, workers).await?;
     raise_descriptor_limit(config.limits.max_connections);
+    // The table holds what serving needs; the config's million routes, say, are not kept.
+    drop(config);
     run_with_signals(server).await
 }
 
@@ -450,7 +452,13 @@ fn explain(
         }
     )?;
     match decision.route {
-        Some(route) => {
+        Some(found) => {
+            // The table numbers its routes as the config does, `[default]` after them.
+            let route = config
+                .routes
+                .get(found.index())
+                .or(config.default.as_ref())
+                .context("a decision's route is in the config")?;
             writeln!(out, "route    {} ({})", route.name, route.place())?;
             writeln!(out, "backend  {}", route.target.pool)?;
             if let Some(settings) = route.target.pool.settings() {

@@ -204,6 +204,7 @@ pub fn route(data: &[u8]) {
             target: target.clone(),
             line,
             file: None,
+            written: Default::default(),
         })
         .collect();
     let config = Config {
@@ -226,6 +227,7 @@ pub fn route(data: &[u8]) {
             target,
             line: 0,
             file: None,
+            written: Default::default(),
         }),
     };
     let table = RouteTable::new(&config, None);
@@ -246,7 +248,13 @@ pub fn route(data: &[u8]) {
             .filter(|route| route.sni.as_ref().is_some_and(|p| p.matches(&name)))
             .map(specificity)
             .max();
-        let route = decision.route.expect("a default route exists");
+        let found = decision.route.expect("a default route exists");
+        let route = config
+            .routes
+            .get(found.index())
+            .or(config.default.as_ref())
+            .expect("the table numbers routes as the config does");
+        assert_eq!(found.name(), route.name);
         match best {
             Some(best) => {
                 assert!(

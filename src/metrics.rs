@@ -7,12 +7,13 @@
 //! itself from a socket it binds like any listener, so a bad `metrics.address` is reported like
 //! a bad `listen.address`, and tests can bind port 0.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use metrics::{
     describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use once_cell::race::OnceBox;
 
 use crate::outcome::Outcome;
 
@@ -347,13 +348,14 @@ impl ListenerMetrics {
     }
 }
 
-/// One route's series. Registered on first use, so a table of many routes costs nothing until
-/// traffic arrives; the data path then only increments handles.
-#[derive(Debug)]
-pub struct RouteMetrics {
-    route: Arc<str>,
+/// One route's series: its label and where its handles are kept, in the route table. Registered
+/// on first use, so a table of many routes costs a pointer per route until traffic arrives; the
+/// data path then only increments handles.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteMetrics<'a> {
+    route: &'a str,
     /// Boxed: a route that never sees a connection holds a pointer, not the handles' room.
-    handles: OnceLock<Box<RouteHandles>>,
+    handles: &'a OnceBox<RouteHandles>,
 }
 
 /// The registered handles of one route.
@@ -377,23 +379,20 @@ pub struct RouteHandles {
     route: metrics::SharedString,
 }
 
-impl RouteMetrics {
-    /// The series of the route named `route`.
-    pub fn new(route: &str) -> Self {
-        Self {
-            route: route.into(),
-            handles: OnceLock::new(),
-        }
+impl<'a> RouteMetrics<'a> {
+    /// The series of the route labelled `route`, their handles kept in `handles`.
+    pub fn new(route: &'a str, handles: &'a OnceBox<RouteHandles>) -> Self {
+        Self { route, handles }
     }
 
     /// The handles, registering them on first use.
-    pub fn handles(&self) -> &RouteHandles {
+    pub fn handles(&self) -> &'a RouteHandles {
         self.handles.get_or_init(|| {
-            let route = metrics::SharedString::from(self.route.clone());
+            let route = metrics::SharedString::from(self.route.to_owned());
             let transfer = |direction: &'static str| {
                 metrics::counter!(TRANSFER_BYTES, "route" => route.clone(), "direction" => direction)
             };
-            let unmatched = *self.route == *NO_ROUTE;
+            let unmatched = self.route == NO_ROUTE;
             let handles = RouteHandles {
                 to_backend: transfer("to_backend"),
                 to_client: transfer("to_client"),

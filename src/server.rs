@@ -434,10 +434,7 @@ struct Changed {
 
 /// The route names of a table, `[default]` included.
 fn route_names(live: &Live) -> std::collections::HashSet<&str> {
-    live.table
-        .routes()
-        .map(|route| route.name.as_str())
-        .collect()
+    live.table.routes().map(|route| route.name()).collect()
 }
 
 /// What a reload bound before applying anything.
@@ -653,19 +650,21 @@ pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
         .listeners
         .iter()
         .any(|listen| listen.protocol == config::Protocol::Http);
-    // Each route's key in its own file: tenant files count their routes from 0.
-    let mut in_file: HashMap<Option<&Path>, usize> = HashMap::new();
-    let routes = config.routes.iter().map(|route| {
-        let index = in_file.entry(route.file.as_deref()).or_default();
-        *index += 1;
-        (format!("route[{}]", *index - 1), route)
-    });
-    for (key, route) in routes.chain(
-        config
-            .default
-            .iter()
-            .map(|route| ("default".to_owned(), route)),
-    ) {
+    // Routes share targets: each is checked once, at the first route that has it (whose keys
+    // its members' positions point into).
+    let mut checked = std::collections::HashSet::new();
+    let routes = config
+        .routes
+        .iter()
+        .map(|route| (Some(route.written.index), route));
+    for (index, route) in routes.chain(config.default.iter().map(|route| (None, route))) {
+        if !checked.insert(Arc::as_ptr(&route.target)) {
+            continue;
+        }
+        let key = match index {
+            Some(index) => format!("route[{index}]"),
+            None => "default".to_owned(),
+        };
         let pool = &route.target.pool;
         let http = &route.target.http;
         let pool_key = match pool.members.len() {

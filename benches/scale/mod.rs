@@ -3,10 +3,12 @@
 //! with `hostnames` in `stream`), for each size asked (`--scale 100000,1000000`):
 //!
 //! 1. loading: `sniroute check` against `nginx -t`, wall time and peak RSS (GNU time);
-//! 2. steady RSS of a running instance (nginx: its worker, which holds the map too);
-//! 3. sniroute's RSS after 10 full reloads (SIGHUP), and how long a reload takes when one tenant
-//!    file changed;
-//! 4. a lookup in the loaded table, in this process, ns per lookup.
+//! 2. steady RSS of a running instance (nginx: its worker, which holds the map too), once it has
+//!    settled: jemalloc's background thread hands freed pages back over about ten seconds;
+//! 3. sniroute's RSS after 10 full reloads (SIGHUP), settled likewise, and how long a reload takes
+//!    when one tenant file changed;
+//! 4. a lookup in the loaded table, in this process, ns per lookup, and the table's bytes per
+//!    route by part.
 //!
 //! Names are `t{i}.scale.test`, backends 1,000 addresses in 10.0.0.0/16 (a million routes to a
 //! thousand backends).
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sniroute::hello::Alpn;
-use sniroute::route::RouteTable;
+use sniroute::route::{Footprint, RouteTable};
 
 use super::{children, installed, number, sniroute_binary, stat, Bench};
 
@@ -65,7 +67,7 @@ pub(super) fn section(bench: &Bench, sizes: &[usize]) -> anyhow::Result<String> 
         );
 
         let mut running = Running::start(&dir, &sniroute_config)?;
-        let steady = running.rss_mb()?;
+        let steady = running.settled_rss_mb()?;
         let nginx_rss = match nginx {
             true => Some(nginx_worker_rss(&dir, &nginx_config)?),
             false => None,
@@ -86,7 +88,7 @@ pub(super) fn section(bench: &Bench, sizes: &[usize]) -> anyhow::Result<String> 
             full.push(running.reload()?);
         }
         full.sort();
-        let after = running.rss_mb()?;
+        let after = running.settled_rss_mb()?;
         row(
             "reload after one tenant file changed, ms",
             number(one_file.as_secs_f64() * 1e3),
@@ -103,10 +105,20 @@ pub(super) fn section(bench: &Bench, sizes: &[usize]) -> anyhow::Result<String> 
         );
         drop(running);
 
-        let (lookup, build) = lookup_ns(&sniroute_config, size)?;
+        let (lookup, build, footprint) = lookup_ns(&sniroute_config, size)?;
         row(
             "lookup ns (in process; table built in s)",
             format!("{} ({:.2} s)", number(lookup), build),
+            "–".into(),
+        );
+        let total: usize = footprint.iter().map(|(_, bytes)| bytes).sum();
+        let parts: Vec<String> = footprint
+            .iter()
+            .map(|(part, bytes)| format!("{part} {:.1}", *bytes as f64 / size as f64))
+            .collect();
+        row(
+            "table bytes per route",
+            format!("{:.1} ({})", total as f64 / size as f64, parts.join(", ")),
             "–".into(),
         );
     }
@@ -268,8 +280,24 @@ impl Running {
         Ok(start.elapsed())
     }
 
-    fn rss_mb(&self) -> anyhow::Result<f64> {
-        rss_mb(self.child.id())
+    /// RSS once it no longer falls: read each second until two readings in a row are within
+    /// 1 MB of each other or have risen, for at most a minute.
+    fn settled_rss_mb(&self) -> anyhow::Result<f64> {
+        let mut last = rss_mb(self.child.id())?;
+        let mut steady = 0;
+        for _ in 0..60 {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = rss_mb(self.child.id())?;
+            steady = match now > last - 1.0 {
+                true => steady + 1,
+                false => 0,
+            };
+            last = now;
+            if steady == 2 {
+                break;
+            }
+        }
+        Ok(last)
     }
 }
 
@@ -320,8 +348,9 @@ fn nginx_worker_rss(dir: &Path, config: &Path) -> anyhow::Result<f64> {
     rss
 }
 
-/// ns per lookup in the table built from `config` in this process, and the build's seconds.
-fn lookup_ns(config: &Path, size: usize) -> anyhow::Result<(f64, f64)> {
+/// ns per lookup in the table built from `config` in this process, the build's seconds, and the
+/// table's bytes by part.
+fn lookup_ns(config: &Path, size: usize) -> anyhow::Result<(f64, f64, Footprint)> {
     let start = Instant::now();
     let loaded = sniroute::config::load(config)?;
     let table = RouteTable::new(&loaded, None);
@@ -338,5 +367,5 @@ fn lookup_ns(config: &Path, size: usize) -> anyhow::Result<(f64, f64)> {
         }
     }
     let ns = start.elapsed().as_secs_f64() * 1e9 / (rounds * names.len()) as f64;
-    Ok((ns, build))
+    Ok((ns, build, table.footprint()))
 }

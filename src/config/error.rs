@@ -36,6 +36,23 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// A fault at `position` (line, column) in `file`.
+    pub(super) fn at(
+        file: &Path,
+        position: (usize, usize),
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_owned(),
+            position: Some(position),
+            key: bounded(key.into(), MAX_KEY),
+            message: bounded(message.into(), MAX_MESSAGE),
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "{}", self.file.display())?;
@@ -104,12 +121,7 @@ impl Source<'_> {
         key: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        ConfigError {
-            file: self.file.to_owned(),
-            position: Some(self.line_column(span.start)),
-            key: bounded(key.into(), MAX_KEY),
-            message: bounded(message.into(), MAX_MESSAGE),
-        }
+        ConfigError::at(self.file, self.line_column(span.start), key, message)
     }
 
     /// A fault at a spanned value.

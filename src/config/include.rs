@@ -2,12 +2,19 @@
 //! by a pattern whose file name may hold `*` (any run of characters) and `?` (any one). Paths
 //! are taken from routes.toml's directory; files are read in name order; hidden files (a
 //! leading dot: editors' swap files, a Kubernetes ConfigMap's `..data`) are left out.
+//!
+//! Tenant files are read on every core at once, each file's text and raw tables dropped as soon
+//! as its routes are made, so loading a million routes never holds a million raw tables.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::error::{quoted, ConfigError, Source};
+use super::error::{self, quoted, ConfigError, Source};
+use super::raw::RawTenant;
+use super::route::{self, Reading, Route, Target};
 
 /// Tenant files at most, across every pattern.
 pub const MAX_TENANT_FILES: usize = 100_000;
@@ -82,6 +89,94 @@ pub(super) fn resolve(
         }
     }
     Ok(included)
+}
+
+/// Reads `files`' routes onto `routes`, in file order, on up to one thread per core: each thread
+/// a run of files in a row, with its own copy of `reading`; then targets read by several threads
+/// are made one (the first in file order).
+///
+/// # Errors
+/// The first fault in file order.
+pub(super) fn read(
+    files: &[PathBuf],
+    reading: Reading,
+    routes: &mut Vec<Route>,
+) -> Result<(), ConfigError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(files.len().div_ceil(16))
+        .max(1);
+    let runs: Vec<&[PathBuf]> = files.chunks(files.len().div_ceil(threads).max(1)).collect();
+    let read: Vec<Result<(Vec<Route>, Reading), ConfigError>> = match runs.len() {
+        0 | 1 => vec![read_run(files, reading.clone())],
+        _ => std::thread::scope(|scope| {
+            let started: Vec<_> = runs
+                .iter()
+                .map(|run| {
+                    let reading = reading.clone();
+                    scope.spawn(move || read_run(run, reading))
+                })
+                .collect();
+            started
+                .into_iter()
+                // A thread that panicked: the panic goes on here, as if read on this one.
+                .map(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        }),
+    };
+    let mut shared = reading.targets;
+    for result in read {
+        let (mut run, reading) = result?;
+        // Each thread's copy of a target to the first one read.
+        let mut same: HashMap<*const Target, Arc<Target>> = HashMap::new();
+        for (key, target) in reading.targets {
+            let first = shared.entry(key).or_insert_with(|| target.clone());
+            if !Arc::ptr_eq(first, &target) {
+                same.insert(Arc::as_ptr(&target), first.clone());
+            }
+        }
+        if !same.is_empty() {
+            for route in &mut run {
+                if let Some(first) = same.get(&Arc::as_ptr(&route.target)) {
+                    route.target = first.clone();
+                }
+            }
+        }
+        routes.append(&mut run);
+    }
+    Ok(())
+}
+
+/// Reads a run of tenant files in turn, stopping at the first fault.
+fn read_run(files: &[PathBuf], mut reading: Reading) -> Result<(Vec<Route>, Reading), ConfigError> {
+    let mut routes = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::file(path, format!("cannot read: {error}")))?;
+        let line_starts = error::line_starts(&text);
+        let path = Arc::<Path>::from(path.as_path());
+        let source = Source {
+            file: &path,
+            text: &text,
+            line_starts: &line_starts,
+        };
+        let tenant: RawTenant = toml::from_str(&text).map_err(|error| source.toml_error(&error))?;
+        routes.reserve(tenant.route.len());
+        for (index, raw) in tenant.route.iter().enumerate() {
+            routes.push(route::route_from_raw(
+                source,
+                index,
+                raw,
+                Some(&path),
+                &mut reading,
+            )?);
+        }
+    }
+    Ok((routes, reading))
 }
 
 /// Whether `name` matches `pattern` (`*`: any run, `?`: any one byte).

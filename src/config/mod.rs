@@ -16,7 +16,6 @@ mod raw;
 mod route;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use error::Source;
 pub use error::{quoted, ConfigError};
@@ -24,7 +23,7 @@ pub use limits::{Limits, Timeouts};
 pub use listen::{Listen, ListenKey, Protocol};
 pub use pool::{Backend, Balance, Check, Health, Http, HttpMode, Member, Pool, MAX_MEMBERS};
 use raw::RawConfig;
-pub use route::{Route, Target, Terminate, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
+pub use route::{Route, Target, Terminate, Written, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -86,87 +85,27 @@ impl Config {
             Some(patterns) => include::resolve(source, patterns)?,
             None => include::Included::default(),
         };
-        // Each tenant file read and parsed in turn; kept, as the routes' faults point into them.
-        let mut tenants = Vec::with_capacity(included.files.len());
-        for path in &included.files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| ConfigError::file(path, format!("cannot read: {error}")))?;
-            tenants.push((Arc::<Path>::from(path.as_path()), text));
-        }
-        let mut parsed = Vec::with_capacity(tenants.len());
-        for (path, text) in &tenants {
-            let line_starts = error::line_starts(text);
-            let tenant = {
-                let source = Source {
-                    file: path,
-                    text,
-                    line_starts: &line_starts,
-                };
-                toml::from_str::<raw::RawTenant>(text).map_err(|error| source.toml_error(&error))?
-            };
-            parsed.push((line_starts, tenant));
-        }
-
+        let mut reading = route::Reading {
+            quic: listeners.iter().position(|listen| listen.protocol.is_udp()),
+            ..Default::default()
+        };
         let mut routes = Vec::with_capacity(raw.route.len());
-        let mut written = Vec::with_capacity(raw.route.len());
         for (index, route) in raw.route.iter().enumerate() {
-            routes.push(route::route_from_raw(source, index, route, None)?);
-            written.push(route::Written {
+            routes.push(route::route_from_raw(
                 source,
-                raw: route,
                 index,
-            });
+                route,
+                None,
+                &mut reading,
+            )?);
         }
-        for ((path, text), (line_starts, tenant)) in tenants.iter().zip(&parsed) {
-            let source = Source {
-                file: path,
-                text,
-                line_starts,
-            };
-            for (index, route) in tenant.route.iter().enumerate() {
-                routes.push(route::route_from_raw(source, index, route, Some(path))?);
-                written.push(route::Written {
-                    source,
-                    raw: route,
-                    index,
-                });
-            }
-        }
-        route::check_routes(&written, &routes)?;
-
         let default = raw
             .default
             .as_ref()
-            .map(|default| route::default_from_raw(source, default))
+            .map(|default| route::default_from_raw(source, default, &reading))
             .transpose()?;
-        // Every route is reachable from every listener, and QUIC is passthrough only.
-        if let Some(quic) = listeners.iter().position(|listen| listen.protocol.is_udp()) {
-            let terminating = written
-                .iter()
-                .map(|written| {
-                    let key = format!("route[{}].terminate", written.index);
-                    (written.source, &written.raw.get_ref().terminate, key)
-                })
-                .chain(raw.default.iter().map(|default| {
-                    (
-                        source,
-                        &default.get_ref().terminate,
-                        "default.terminate".to_owned(),
-                    )
-                }));
-            for (source, terminate, key) in terminating {
-                if let Some(terminate) = terminate {
-                    return Err(source.at(
-                        terminate,
-                        key,
-                        format!(
-                            "listen[{quic}] is a quic listener, and QUIC is passthrough only: \
-                             serve this name from a config without one"
-                        ),
-                    ));
-                }
-            }
-        }
+        include::read(&included.files, reading, &mut routes)?;
+        route::check_routes(source.file, &routes)?;
         Ok(Self {
             listeners,
             timeouts,

@@ -39,6 +39,20 @@ pub struct Route {
     pub line: usize,
     /// The tenant file the route is in; `None`: routes.toml itself.
     pub file: Option<Arc<Path>>,
+    /// Where its keys are, for the faults found once every route is read.
+    pub written: Written,
+}
+
+/// Where a route's keys are written: the raw tables are dropped file by file as they are read,
+/// and an overlap is only found once every route is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Written {
+    /// Its index among its file's routes.
+    pub index: usize,
+    /// Line and column of its `sni` value.
+    pub sni: (usize, usize),
+    /// Line and column of its `name` value; its `sni`'s when it has none.
+    pub name: (usize, usize),
 }
 
 impl Route {
@@ -124,15 +138,117 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     }
 }
 
+/// What a file's routes are read with: the targets read so far, each once, and the quic
+/// listener, if the config has one.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Reading {
+    /// Targets by what their keys say (see [`Reading::key`]): a million routes to a thousand
+    /// backends hold a thousand targets.
+    pub targets: HashMap<Box<str>, Arc<Target>>,
+    /// The index of the first quic listener: terminate routes are refused beside one.
+    pub quic: Option<usize>,
+}
+
+impl Reading {
+    /// The target `raw` writes: one read before from the same keys, or read now.
+    fn target(
+        &mut self,
+        source: Source<'_>,
+        key: &str,
+        table: Range<usize>,
+        raw: RawTargetRef<'_>,
+        sni: Option<&NamePattern>,
+    ) -> Result<Arc<Target>, ConfigError> {
+        let Some(shared) = Self::key(&raw, sni) else {
+            return target(source, key, table, raw, sni, self.quic);
+        };
+        if let Some(known) = self.targets.get(shared.as_str()) {
+            return Ok(known.clone());
+        }
+        let target = target(source, key, table, raw, sni, self.quic)?;
+        self.targets.insert(shared.into(), target.clone());
+        Ok(target)
+    }
+
+    /// What makes two routes' targets the same: every key of it, as written, and the route's
+    /// name where a health check sends it. `None` for a terminate route, which reads files
+    /// (shared by no other route).
+    fn key(raw: &RawTargetRef<'_>, sni: Option<&NamePattern>) -> Option<String> {
+        if raw.terminate.is_some() || raw.backend_tls.is_some() {
+            return None;
+        }
+        fn text(value: &Option<Spanned<String>>) -> Option<&String> {
+            value.as_ref().map(Spanned::get_ref)
+        }
+        let mut key = String::new();
+        put(&mut key, text(raw.pool.backend));
+        let backends = raw.pool.backends.as_ref();
+        put(
+            &mut key,
+            backends.map(|list| {
+                list.get_ref()
+                    .iter()
+                    .map(Spanned::get_ref)
+                    .collect::<Vec<_>>()
+            }),
+        );
+        put(&mut key, text(raw.pool.balance));
+        put(&mut key, text(raw.http));
+        put(&mut key, text(raw.http_backend));
+        put(&mut key, text(raw.proxy_protocol));
+        if let Some(health) = raw.pool.health {
+            let health = health.get_ref();
+            let number = |value: &Option<Spanned<i64>>| value.as_ref().map(|v| *v.get_ref());
+            put(
+                &mut key,
+                Some((
+                    text(&health.check),
+                    text(&health.interval),
+                    text(&health.timeout),
+                    number(&health.rise),
+                    number(&health.fall),
+                    text(&health.server_name),
+                    text(&health.ca),
+                )),
+            );
+            if health.server_name.is_none() {
+                put(&mut key, sni.map(ToString::to_string));
+            }
+        }
+        Some(key)
+    }
+}
+
+/// Appends `value` (or a marker for none) to a target's key.
+fn put(key: &mut String, value: Option<impl std::fmt::Debug>) {
+    use std::fmt::Write as _;
+    // A String's fmt::Write never fails.
+    let _ = match value {
+        Some(value) => write!(key, "{value:?};"),
+        None => write!(key, "-;"),
+    };
+}
+
 /// Where a route (or `[default]`) sends its traffic, the PROXY header it sends first, and its
-/// TLS when it terminates.
+/// TLS when it terminates (refused where listener `quic` is a quic listener).
 fn target(
     source: Source<'_>,
     key: &str,
     table: Range<usize>,
     target: RawTargetRef<'_>,
     sni: Option<&NamePattern>,
+    quic: Option<usize>,
 ) -> Result<Arc<Target>, ConfigError> {
+    if let (Some(terminate), Some(quic)) = (target.terminate, quic) {
+        return Err(source.at(
+            terminate,
+            format!("{key}.terminate"),
+            format!(
+                "listen[{quic}] is a quic listener, and QUIC is passthrough only: \
+                 serve this name from a config without one"
+            ),
+        ));
+    }
     let pool = pool::pool(source, key, table, target.pool, sni)?;
     let http = pool::http(source, key, target.http, target.http_backend, &pool)?;
     let proxy_protocol = match target.proxy_protocol {
@@ -296,6 +412,7 @@ pub(super) fn route_from_raw(
     index: usize,
     spanned: &Spanned<RawRoute>,
     file: Option<&Arc<Path>>,
+    reading: &mut Reading,
 ) -> Result<Route, ConfigError> {
     let key = format!("route[{index}]");
     let raw = spanned.get_ref();
@@ -317,7 +434,7 @@ pub(super) fn route_from_raw(
         Some(list) => alpn_list(source, &format!("{key}.alpn"), list)?,
         None => Vec::new(),
     };
-    let target = target(source, &key, spanned.span(), raw.into(), Some(&sni))?;
+    let target = reading.target(source, &key, spanned.span(), raw.into(), Some(&sni))?;
     let name = match &raw.name {
         Some(name) => {
             let text = name.get_ref();
@@ -347,6 +464,7 @@ pub(super) fn route_from_raw(
             format!("{sni}/{}", list.join(","))
         }
     };
+    let sni_at = source.line_column(raw.sni.span().start);
     Ok(Route {
         name,
         sni: Some(sni),
@@ -354,19 +472,30 @@ pub(super) fn route_from_raw(
         target,
         line: source.line_column(spanned.span().start).0,
         file: file.cloned(),
+        written: Written {
+            index,
+            sni: sni_at,
+            name: raw
+                .name
+                .as_ref()
+                .map_or(sni_at, |name| source.line_column(name.span().start)),
+        },
     })
 }
 
 pub(super) fn default_from_raw(
     source: Source<'_>,
     spanned: &Spanned<RawDefault>,
+    reading: &Reading,
 ) -> Result<Route, ConfigError> {
+    // Its own, not shared: a fault found later in a route's target is reported at that route.
     let target = target(
         source,
         "default",
         spanned.span(),
         spanned.get_ref().into(),
         None,
+        reading.quic,
     )?;
     Ok(Route {
         name: DEFAULT_ROUTE_NAME.to_owned(),
@@ -375,39 +504,40 @@ pub(super) fn default_from_raw(
         target,
         line: source.line_column(spanned.span().start).0,
         file: None,
+        written: Written::default(),
     })
-}
-
-/// One route as written: the file it is in, its table, and its index there.
-pub(super) struct Written<'a> {
-    pub source: Source<'a>,
-    pub raw: &'a Spanned<RawRoute>,
-    pub index: usize,
 }
 
 /// Refuses two routes that could match the same ClientHello equally well (same pattern, and
 /// either both without `alpn` or with a protocol in common), and two routes with one name,
-/// across routes.toml and its tenant files. Reported at the later route, naming the earlier.
-pub(super) fn check_routes(written: &[Written<'_>], routes: &[Route]) -> Result<(), ConfigError> {
-    let mut by_pattern: HashMap<&NamePattern, Vec<usize>> = HashMap::new();
-    let mut by_name: HashMap<&str, usize> = HashMap::new();
+/// across routes.toml (`main`) and its tenant files. Reported at the later route, naming the
+/// earlier. One hash lookup per route.
+pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigError> {
+    // The first route of each pattern, and after each route the next with its pattern.
+    let mut by_pattern: HashMap<&NamePattern, usize> = HashMap::with_capacity(routes.len());
+    let mut next: Vec<Option<usize>> = vec![None; routes.len()];
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(routes.len());
     for (at, route) in routes.iter().enumerate() {
         let Some(pattern) = &route.sni else { continue };
-        let Written { source, raw, index } = &written[at];
+        let file = route.file.as_deref().unwrap_or(main);
         let earlier_is = |earlier: usize| {
-            let other = &written[earlier];
-            let line = routes[earlier].line;
-            match other.source.file == source.file {
-                true => format!("route[{}] (line {line})", other.index),
+            let other = &routes[earlier];
+            let index = other.written.index;
+            match other.file == route.file {
+                true => format!("route[{index}] (line {})", other.line),
                 false => format!(
-                    "route[{}] ({} line {line})",
-                    other.index,
-                    other.source.file.display()
+                    "route[{index}] ({} line {})",
+                    other.file.as_deref().unwrap_or(main).display(),
+                    other.line
                 ),
             }
         };
-        let same_pattern = by_pattern.entry(pattern).or_default();
-        for &earlier in same_pattern.iter() {
+        let key = |what: &str| format!("route[{}].{what}", route.written.index);
+        let first = *by_pattern.entry(pattern).or_insert(at);
+        let same_pattern = std::iter::successors(Some(first), |&earlier| next[earlier]);
+        let mut last = first;
+        for earlier in same_pattern.take_while(|&earlier| earlier != at) {
+            last = earlier;
             let other = &routes[earlier];
             let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
                 (true, true) => Some("same name as"),
@@ -417,24 +547,25 @@ pub(super) fn check_routes(written: &[Written<'_>], routes: &[Route]) -> Result<
                 _ => None,
             };
             if let Some(what) = tie {
-                return Err(source.at(
-                    &raw.get_ref().sni,
-                    format!("route[{index}].sni"),
-                    format!("{what} {}", earlier_is(earlier)),
+                let message = format!("{what} {}", earlier_is(earlier));
+                return Err(ConfigError::at(
+                    file,
+                    route.written.sni,
+                    key("sni"),
+                    message,
                 ));
             }
         }
-        same_pattern.push(at);
+        if last != at {
+            next[last] = Some(at);
+        }
         if let Some(earlier) = by_name.insert(&route.name, at) {
-            let spot = raw
-                .get_ref()
-                .name
-                .as_ref()
-                .map_or(raw.get_ref().sni.span(), Spanned::span);
-            return Err(source.error(
-                spot,
-                format!("route[{index}].name"),
-                format!("same name \"{}\" as {}", route.name, earlier_is(earlier)),
+            let message = format!("same name \"{}\" as {}", route.name, earlier_is(earlier));
+            return Err(ConfigError::at(
+                file,
+                route.written.name,
+                key("name"),
+                message,
             ));
         }
     }

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 
@@ -319,6 +320,61 @@ fn tenant_files_are_routes_whose_faults_name_their_file() {
             "{}:1:12: include[0]: cannot read directory",
             main.display()
         )),
+        "{error}"
+    );
+}
+
+/// Routes that write the same target share one (`Arc`), within a file and across tenant files
+/// read on different threads; a different key, or a health check that sends the route's own
+/// name, keeps them apart.
+#[test]
+fn routes_that_write_one_target_share_it() {
+    let route = |sni: &str, rest: &str| {
+        format!("[[route]]\nsni = \"{sni}\"\nbackend = \"127.0.0.1:9\"\n{rest}\n")
+    };
+    let config = parse(&format!(
+        "{LISTEN}{}{}{}{}{}",
+        route("a.test", ""),
+        route("b.test", ""),
+        route("c.test", "proxy_protocol = \"v2\""),
+        route("d.test", "health = { check = \"tls\" }"),
+        route("e.test", "health = { check = \"tls\" }"),
+    ))
+    .unwrap();
+    let same = |a: usize, b: usize| Arc::ptr_eq(&config.routes[a].target, &config.routes[b].target);
+    assert!(same(0, 1));
+    assert!(!same(0, 2));
+    assert!(!same(3, 4), "each health check sends its own route's name");
+
+    // Enough tenant files for every core to read some; the first fault in file order wins.
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("routes.d");
+    std::fs::create_dir(&tenants).unwrap();
+    for file in 0..64 {
+        let text: String = (0..4)
+            .map(|index| route(&format!("t{file}-{index}.test"), ""))
+            .collect();
+        std::fs::write(tenants.join(format!("t{file:02}.toml")), text).unwrap();
+    }
+    let main = dir.path().join("routes.toml");
+    std::fs::write(&main, format!("include = [\"routes.d/*.toml\"]\n{LISTEN}")).unwrap();
+    let config = load(&main).unwrap();
+    assert_eq!(config.routes.len(), 256);
+    assert_eq!(config.routes[255].name, "t63-3.test");
+    assert!(config
+        .routes
+        .iter()
+        .all(|route| Arc::ptr_eq(&route.target, &config.routes[0].target)));
+    for file in [60, 5] {
+        std::fs::write(
+            tenants.join(format!("t{file:02}.toml")),
+            "[[route]]\nsni = 1\n",
+        )
+        .unwrap();
+    }
+    let error = load(&main).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("{}:2:7:", tenants.join("t05.toml").display())),
         "{error}"
     );
 }

@@ -17,10 +17,11 @@ use super::relay::Counts;
 use super::sniff::SniffError;
 use super::tls::TlsError;
 use super::{Live, Outcome, Side};
-use crate::config::{Route, NO_ROUTE_NAME};
+use crate::config::NO_ROUTE_NAME;
 use crate::hello::{Alpn, ClientHello, Ech, Ja4, Transport};
 use crate::metrics::RouteMetrics;
 use crate::name::ServerName;
+use crate::route::RouteRef;
 
 /// Why a connection ended the way it did, beyond its outcome: the phase's error, for the log's
 /// `cause` field. Small and `Copy`; formatted only when the line is written.
@@ -65,9 +66,9 @@ pub(super) struct AccessLog<'a> {
     ja4: Option<Ja4>,
     /// Terminate routes: the protocol negotiated with the client.
     pub(super) negotiated: Option<&'a [u8]>,
-    pub(super) route: Option<&'a Route>,
+    pub(super) route: Option<RouteRef<'a>>,
     /// The series the connection's end is counted in: its route's, or `route="none"`.
-    pub(super) metrics: &'a RouteMetrics,
+    pub(super) metrics: RouteMetrics<'a>,
     pub(super) backend: Option<SocketAddr>,
     /// Backends tried (0: none was).
     pub(super) attempts: u8,
@@ -175,7 +176,7 @@ impl<'a> AccessLog<'a> {
         };
         line.str("ech", self.ech.as_str()).str(
             "route",
-            self.route.map_or(NO_ROUTE_NAME, |route| &route.name),
+            self.route.map_or(NO_ROUTE_NAME, |route| route.name()),
         );
         match self.backend {
             Some(backend) => line.quoted("backend.addr", backend),

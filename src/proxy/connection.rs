@@ -28,10 +28,10 @@ use super::relay::{self, Activity, Counted};
 use super::sniff::{ClientStream, Origin, Replay, SniffError, Sniffed};
 use super::tls::{self, ClientTls, TlsError};
 use super::{alert, Live, Outcome, Side};
-use crate::config::{Protocol, Route, Target, Terminate};
+use crate::config::{Protocol, Target, Terminate};
 use crate::hello::Transport;
 use crate::proxy_protocol::{self, Addresses, Tlvs};
-use crate::route::{Open, Pool};
+use crate::route::{Open, Pool, RouteRef};
 
 /// How a connection ended: its outcome, whose doing, and why.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +205,7 @@ async fn sniff_and_route<'a, 's>(
     };
     log.route = Some(route);
     let origin = client.origin();
-    let target = &*route.target;
+    let target = &**route.target();
     // Set with the route.
     let Some(pool) = decision.pool else {
         return Next::Done(Ending::new(Outcome::InternalError, Side::Internal));
@@ -315,7 +315,7 @@ pub(super) async fn reach(
 #[allow(clippy::too_many_arguments)]
 async fn terminated<'a>(
     socket: &mut TcpStream,
-    (route, pool): (&'a Route, &Pool),
+    (route, pool): (RouteRef<'a>, &Pool),
     terminate: &'a Terminate,
     origin: Origin,
     replay: Replay<'_>,
@@ -346,7 +346,7 @@ async fn terminated<'a>(
             .find(|protocol| &protocol[..] == negotiated)
             .map(|protocol| &protocol[..])
     });
-    let target = &*route.target;
+    let target = &**route.target();
     // Read (the client certificate's name parsed) only for a PROXY header that carries it.
     let client_tls = target.proxy_protocol.map(|_| ClientTls::of(&client));
     let tlvs = Tlvs {

@@ -68,7 +68,7 @@ pub(super) async fn head_and_route<'a, 's>(
         return Next::Done(Ending::new(Outcome::NoRoute, Side::Client));
     };
     log.route = Some(route);
-    let target = &*route.target;
+    let target = &**route.target();
     if target.http.mode == HttpMode::Redirect && !head.is_acme() {
         drop(replay);
         if head.authority.is_empty() {

@@ -4,61 +4,107 @@
 //! `Arc` of the table at accept and keeps it. Lookup allocates nothing: exact names are one hash
 //! lookup, wildcards one hash lookup per label of the name (longest suffix first), so a table of
 //! any size costs the same per hello. SPEC "Matching".
+//!
+//! Compact, for tables of millions of tenants: every route's pattern (and its label, where it
+//! has its own) is written once into one text, a route is a 24-byte [`Entry`] of offsets and
+//! numbers, the indexes hold `u32`s ([`index`]), and routes with the same target share it, its
+//! backends' live state and their series. A route's own series are registered when it first
+//! sees a connection.
 
+mod index;
 mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use once_cell::race::OnceBox;
+
 pub use pool::{
     rendezvous, smooth_schedule, Change, Member, Members, Open, Plan, Pool, EJECTION_BASE_MS,
     EJECTION_MAX_MS, EJECT_AFTER, MAX_ATTEMPTS,
 };
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Route, Target};
 use crate::hello::Alpn;
-use crate::metrics::{RouteMetrics, NO_ROUTE};
+use crate::metrics::{RouteHandles, RouteMetrics, NO_ROUTE};
 use crate::name::{NamePattern, ServerName};
+use index::Index;
+
+/// No next route, or no `alpn` list.
+const NONE: u32 = u32::MAX;
+
+/// A route's `alpn` list.
+type AlpnList = Box<[Box<[u8]>]>;
+
+/// Bytes a table holds, by part, as `(part, bytes)`.
+pub type Footprint = [(&'static str, usize); 4];
 
 /// Routes by name, ready for lookup.
 #[derive(Debug)]
 pub struct RouteTable {
-    routes: Vec<Route>,
-    /// Each route's series and pool, by index in `routes`.
-    state: Vec<RouteState>,
-    exact: HashMap<Box<str>, Candidates>,
-    /// Keyed by the suffix with its leading dot (`.tenants.example.com`).
-    wildcards: HashMap<Box<str>, Candidates>,
-    default: Option<(Route, RouteState)>,
+    /// Each route's pattern (`a.example.com`, `*.example.com`; empty for `[default]`), followed
+    /// by its label where that is not the pattern itself.
+    text: String,
+    /// In file order, then `[default]`.
+    routes: Box<[Entry]>,
+    /// Each route's series, registered on first use.
+    series: Box<[OnceBox<RouteHandles>]>,
+    /// The distinct targets, with their pools.
+    targets: Box<[Shared]>,
+    /// The distinct `alpn` lists.
+    alpn: Box<[AlpnList]>,
+    /// Exact names, to the first route of the name.
+    exact: Index,
+    /// Wildcards' suffixes with their leading dot (`.tenants.example.com`), likewise.
+    wildcards: Index,
+    /// Whether the last entry is `[default]`.
+    has_default: bool,
     /// The series of connections that match no route.
-    unmatched: RouteMetrics,
+    unmatched: OnceBox<RouteHandles>,
 }
 
-/// What a route has beside its config: its series and its pool's live state.
+/// One route, as offsets into the table's text and numbers of its other parts.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Where its pattern starts in the table's text.
+    text: u32,
+    /// Bytes of its own label after the pattern; 0: the pattern is its label.
+    label: u32,
+    /// Bytes of its pattern.
+    pattern: u16,
+    wildcard: bool,
+    /// Its target, by index in `targets`.
+    target: u32,
+    /// Its `alpn` list, by index in `alpn`; [`NONE`]: none.
+    alpn: u32,
+    /// The next route (in file order) with the same pattern; [`NONE`]: the last.
+    next: u32,
+}
+
+/// A target and what it has beside its config: its pools' live state.
 #[derive(Debug)]
-struct RouteState {
-    metrics: RouteMetrics,
+struct Shared {
+    target: Arc<Target>,
     pool: Arc<Pool>,
     /// Its port-80 backends, where the config has an `http` listener.
     http: Option<Arc<Pool>>,
 }
 
-/// The routes sharing one pattern: those with an `alpn` list (in file order) and at most one
-/// without (the config refuses two).
-#[derive(Debug, Default)]
-struct Candidates {
-    with_alpn: Vec<usize>,
-    without_alpn: Option<usize>,
+/// A route of a table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRef<'a> {
+    table: &'a RouteTable,
+    index: u32,
 }
 
 /// The route a hello gets, and why.
 #[derive(Debug, Clone, Copy)]
 pub struct Decision<'a> {
     /// The route, or `None`: the client gets an `unrecognized_name` alert.
-    pub route: Option<&'a Route>,
+    pub route: Option<RouteRef<'a>>,
     /// The route's series (those of `route="none"` without one).
-    pub metrics: &'a RouteMetrics,
+    pub metrics: RouteMetrics<'a>,
     /// The route's backends.
     pub pool: Option<&'a Arc<Pool>>,
     /// The route's port-80 backends (where the config has an `http` listener).
@@ -88,64 +134,130 @@ pub enum Reason<'a> {
 }
 
 impl RouteTable {
-    /// Indexes `config`'s routes. The config has already refused routes that tie. Each
-    /// route's pool keeps the state (health, resolved addresses) of the pool of the same name in
+    /// Indexes `config`'s routes. The config has already refused routes that tie. Routes with one
+    /// target (the config shares a target between routes that write it alike) share its pools;
+    /// each pool keeps the state (health, resolved addresses) of the pool with its label in
     /// `previous`, the table a reload replaces.
     pub fn new(config: &Config, previous: Option<&RouteTable>) -> Self {
-        let mut exact: HashMap<Box<str>, Candidates> = HashMap::new();
-        let mut wildcards: HashMap<Box<str>, Candidates> = HashMap::new();
-        for (index, route) in config.routes.iter().enumerate() {
-            let candidates = match &route.sni {
-                Some(NamePattern::Exact(name)) => exact.entry(name.as_str().into()).or_default(),
-                Some(NamePattern::Wildcard(suffix)) => wildcards.entry(suffix.clone()).or_default(),
-                None => continue,
-            };
-            if route.alpn.is_empty() {
-                candidates.without_alpn = Some(index);
-            } else {
-                candidates.with_alpn.push(index);
-            }
-        }
-        let previous: HashMap<&str, &RouteState> = previous
-            .map(|table| {
-                table
-                    .states()
-                    .map(|(route, state)| (route.name.as_str(), state))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let all: Vec<&Route> = config.routes.iter().chain(&config.default).collect();
         let serves_http = config
             .listeners
             .iter()
             .any(|listen| listen.protocol == crate::config::Protocol::Http);
-        let state_of = |route: &Route| {
-            let before = previous.get(route.name.as_str());
-            RouteState {
-                metrics: RouteMetrics::new(&route.name),
-                pool: Arc::new(Pool::new(
-                    &route.name,
-                    &route.target.pool,
-                    before.map(|state| &*state.pool),
-                )),
-                http: serves_http.then(|| {
-                    Arc::new(Pool::new(
-                        &route.name,
-                        &route.target.http.pool,
-                        before.and_then(|state| state.http.as_deref()),
-                    ))
-                }),
+        let previous: HashMap<&str, &Shared> = previous
+            .map(|table| {
+                table
+                    .targets
+                    .iter()
+                    .map(|shared| (shared.pool.route(), shared))
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let mut text = String::with_capacity(all.iter().map(|route| route.name.len()).sum());
+        let mut routes = Vec::with_capacity(all.len());
+        let mut targets: Vec<Shared> = Vec::new();
+        let mut target_of: HashMap<*const Target, u32> = HashMap::new();
+        let mut alpn: Vec<AlpnList> = Vec::new();
+        let mut alpn_of: HashMap<&[Box<[u8]>], u32> = HashMap::new();
+        for route in &all {
+            let start = text.len();
+            let wildcard = matches!(route.sni, Some(NamePattern::Wildcard(_)));
+            if let Some(pattern) = &route.sni {
+                use fmt::Write as _;
+                // A String's fmt::Write never fails.
+                let _ = write!(text, "{pattern}");
             }
+            let pattern = text.len() - start;
+            let label = match text[start..] == *route.name {
+                true => 0,
+                false => {
+                    text.push_str(&route.name);
+                    route.name.len()
+                }
+            };
+            let target = *target_of
+                .entry(Arc::as_ptr(&route.target))
+                .or_insert_with(|| {
+                    let before = previous.get(route.name.as_str());
+                    targets.push(Shared {
+                        target: route.target.clone(),
+                        pool: Arc::new(Pool::new(
+                            &route.name,
+                            &route.target.pool,
+                            before.map(|shared| &*shared.pool),
+                        )),
+                        http: serves_http.then(|| {
+                            Arc::new(Pool::new(
+                                &route.name,
+                                &route.target.http.pool,
+                                before.and_then(|shared| shared.http.as_deref()),
+                            ))
+                        }),
+                    });
+                    (targets.len() - 1) as u32
+                });
+            let alpn = match route.alpn.is_empty() {
+                true => NONE,
+                false => *alpn_of.entry(&route.alpn).or_insert_with(|| {
+                    alpn.push(route.alpn.clone().into_boxed_slice());
+                    (alpn.len() - 1) as u32
+                }),
+            };
+            routes.push(Entry {
+                // Offsets fit: a config is read into memory whole, and each name is at most 257
+                // bytes (a wildcard's `*.` and 255).
+                text: start as u32,
+                label: label as u32,
+                pattern: pattern as u16,
+                wildcard,
+                target,
+                alpn,
+                next: NONE,
+            });
+        }
+        let count = |wildcard: bool| {
+            config
+                .routes
+                .iter()
+                .filter(|route| matches!(route.sni, Some(NamePattern::Wildcard(_))) == wildcard)
+                .count()
         };
-        Self {
-            routes: config.routes.clone(),
-            state: config.routes.iter().map(state_of).collect(),
-            exact,
-            wildcards,
-            default: config
-                .default
-                .as_ref()
-                .map(|route| (route.clone(), state_of(route))),
-            unmatched: RouteMetrics::new(NO_ROUTE),
+        let mut table = Self {
+            text,
+            series: routes.iter().map(|_| OnceBox::new()).collect(),
+            routes: routes.into_boxed_slice(),
+            targets: targets.into_boxed_slice(),
+            alpn: alpn.into_boxed_slice(),
+            exact: Index::with_capacity(count(false)),
+            wildcards: Index::with_capacity(count(true)),
+            has_default: config.default.is_some(),
+            unmatched: OnceBox::new(),
+        };
+        table.index(config.routes.len());
+        table
+    }
+
+    /// Enters the first `count` routes in the indexes; later routes with a pattern already
+    /// entered are chained after it, in file order.
+    fn index(&mut self, count: usize) {
+        let (text, routes) = (&self.text, &mut self.routes);
+        for number in 0..count as u32 {
+            let entry = routes[number as usize];
+            let key_of = |index: u32| key(text, &routes[index as usize]);
+            let key = key(text, &entry);
+            let index = match entry.wildcard {
+                true => &mut self.wildcards,
+                false => &mut self.exact,
+            };
+            let Some(first) = index.insert(key, number, key_of) else {
+                continue;
+            };
+            let mut last = first;
+            while routes[last as usize].next != NONE {
+                last = routes[last as usize].next;
+            }
+            routes[last as usize].next = number;
         }
     }
 
@@ -158,29 +270,40 @@ impl RouteTable {
             return self.fallback(Reason::NoServerName);
         };
         let name = name.as_str();
-        if let Some(candidates) = self.exact.get(name) {
-            if let Some((index, protocol)) = self.pick(candidates, offer) {
+        let key_of = |index: u32| key(&self.text, &self.routes[index as usize]);
+        if let Some(first) = self.exact.get(name.as_bytes(), key_of) {
+            if let Some((index, protocol)) = self.pick(first, offer) {
                 return self.decision(index, Reason::Exact { protocol });
             }
         }
-        // Longest suffix first: cut the name after each of its dots, left to right.
-        for (dot, _) in name.match_indices('.').filter(|&(dot, _)| dot > 0) {
-            if let Some(candidates) = self.wildcards.get(&name[dot..]) {
-                if let Some((index, protocol)) = self.pick(candidates, offer) {
-                    return self.decision(index, Reason::Wildcard { protocol });
+        if !self.wildcards.is_empty() {
+            // Longest suffix first: cut the name after each of its dots, left to right.
+            for (dot, _) in name.match_indices('.').filter(|&(dot, _)| dot > 0) {
+                if let Some(first) = self.wildcards.get(&name.as_bytes()[dot..], key_of) {
+                    if let Some((index, protocol)) = self.pick(first, offer) {
+                        return self.decision(index, Reason::Wildcard { protocol });
+                    }
                 }
             }
         }
         self.fallback(Reason::NoMatch)
     }
 
-    /// The route among `candidates` for `offer` (its index), and the protocol (from the route's
-    /// own list, so the decision borrows only the table) that made it match.
-    fn pick(&self, candidates: &Candidates, offer: &Alpn) -> Option<(usize, Option<&[u8]>)> {
+    /// The route among those of one pattern (from `first` on) for `offer`, and the protocol
+    /// (from the route's own list, so the decision borrows only the table) that made it match.
+    fn pick(&self, first: u32, offer: &Alpn) -> Option<(u32, Option<&[u8]>)> {
+        let chain = || {
+            std::iter::successors(Some(first), |&index| {
+                Some(self.routes[index as usize].next).filter(|&next| next != NONE)
+            })
+        };
         for protocol in offer.iter() {
-            for &index in &candidates.with_alpn {
-                if let Some(accepted) = self.routes[index]
-                    .alpn
+            for index in chain() {
+                let alpn = self.routes[index as usize].alpn;
+                if alpn == NONE {
+                    continue;
+                }
+                if let Some(accepted) = self.alpn[alpn as usize]
                     .iter()
                     .find(|accepted| ***accepted == *protocol)
                 {
@@ -188,31 +311,29 @@ impl RouteTable {
                 }
             }
         }
-        candidates.without_alpn.map(|index| (index, None))
+        chain()
+            .find(|&index| self.routes[index as usize].alpn == NONE)
+            .map(|index| (index, None))
     }
 
-    fn decision<'a>(&'a self, index: usize, reason: Reason<'a>) -> Decision<'a> {
+    fn decision<'a>(&'a self, index: u32, reason: Reason<'a>) -> Decision<'a> {
+        let route = RouteRef { table: self, index };
+        let shared = route.shared();
         Decision {
-            route: Some(&self.routes[index]),
-            metrics: &self.state[index].metrics,
-            pool: Some(&self.state[index].pool),
-            http_pool: self.state[index].http.as_ref(),
+            route: Some(route),
+            metrics: route.metrics(),
+            pool: Some(&shared.pool),
+            http_pool: shared.http.as_ref(),
             reason,
         }
     }
 
     fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
-        match &self.default {
-            Some((route, state)) => Decision {
-                route: Some(route),
-                metrics: &state.metrics,
-                pool: Some(&state.pool),
-                http_pool: state.http.as_ref(),
-                reason,
-            },
-            None => Decision {
+        match self.has_default {
+            true => self.decision(self.routes.len() as u32 - 1, reason),
+            false => Decision {
                 route: None,
-                metrics: &self.unmatched,
+                metrics: self.unmatched(),
                 pool: None,
                 http_pool: None,
                 reason,
@@ -221,29 +342,90 @@ impl RouteTable {
     }
 
     /// The series of connections that match no route (`route="none"`).
-    pub fn unmatched(&self) -> &RouteMetrics {
-        &self.unmatched
+    pub fn unmatched(&self) -> RouteMetrics<'_> {
+        RouteMetrics::new(NO_ROUTE, &self.unmatched)
     }
 
-    /// Every route's pools (its backends, then its port-80 backends), in file order, then
-    /// `[default]`'s.
+    /// Every distinct target's pools (its backends, then its port-80 backends), in the order of
+    /// the first route that has it.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.states()
-            .flat_map(|(_, state)| std::iter::once(&state.pool).chain(state.http.as_ref()))
-    }
-
-    fn states(&self) -> impl Iterator<Item = (&Route, &RouteState)> {
-        self.routes
+        self.targets
             .iter()
-            .zip(&self.state)
-            .chain(self.default.as_ref().map(|(route, state)| (route, state)))
+            .flat_map(|shared| std::iter::once(&shared.pool).chain(shared.http.as_ref()))
     }
 
     /// Every route, in file order, then `[default]`.
-    pub fn routes(&self) -> impl Iterator<Item = &Route> {
-        self.routes
-            .iter()
-            .chain(self.default.as_ref().map(|(route, _)| route))
+    pub fn routes(&self) -> impl Iterator<Item = RouteRef<'_>> {
+        (0..self.routes.len() as u32).map(|index| RouteRef { table: self, index })
+    }
+
+    /// Bytes the table holds, by part: its text, its routes, its indexes, and the rest (targets,
+    /// `alpn` lists).
+    pub fn footprint(&self) -> Footprint {
+        [
+            ("text", self.text.capacity()),
+            (
+                "routes",
+                self.routes.len() * (size_of::<Entry>() + size_of::<OnceBox<RouteHandles>>()),
+            ),
+            ("indexes", self.exact.bytes() + self.wildcards.bytes()),
+            (
+                "targets",
+                self.targets.len() * size_of::<Shared>()
+                    + self.alpn.iter().map(|list| list.len() * 16).sum::<usize>(),
+            ),
+        ]
+    }
+}
+
+/// The name a route is indexed under: an exact name, or a wildcard's suffix with its dot.
+fn key<'t>(text: &'t str, entry: &Entry) -> &'t [u8] {
+    let start = entry.text as usize + usize::from(entry.wildcard);
+    &text.as_bytes()[start..entry.text as usize + usize::from(entry.pattern)]
+}
+
+impl<'a> RouteRef<'a> {
+    /// Its label in logs and metrics: `name`, or the sni pattern plus `/alpn,list` when it has
+    /// one; `default` for `[default]`.
+    pub fn name(&self) -> &'a str {
+        let entry = self.entry();
+        let (start, pattern) = (entry.text as usize, usize::from(entry.pattern));
+        match entry.label {
+            0 => &self.table.text[start..start + pattern],
+            label => &self.table.text[start + pattern..start + pattern + label as usize],
+        }
+    }
+
+    /// Where it sends its traffic, and how.
+    pub fn target(&self) -> &'a Arc<Target> {
+        &self.shared().target
+    }
+
+    /// Its `alpn` list; empty: no condition.
+    pub fn alpn(&self) -> &'a [Box<[u8]>] {
+        match self.entry().alpn {
+            NONE => &[],
+            alpn => &self.table.alpn[alpn as usize],
+        }
+    }
+
+    /// Its place in the config: the index in `Config::routes`, which for `[default]` is their
+    /// number.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// Its series.
+    pub fn metrics(&self) -> RouteMetrics<'a> {
+        RouteMetrics::new(self.name(), &self.table.series[self.index as usize])
+    }
+
+    fn entry(&self) -> &'a Entry {
+        &self.table.routes[self.index as usize]
+    }
+
+    fn shared(&self) -> &'a Shared {
+        &self.table.targets[self.entry().target as usize]
     }
 }
 

@@ -29,7 +29,7 @@ fn lookup<'a>(table: &'a RouteTable, name: &str, protocols: &[&str]) -> (Option<
     let name = ServerName::parse(name.as_bytes()).unwrap();
     let decision = table.lookup(Some(&name), &offer(protocols));
     (
-        decision.route.map(|route| route.name.as_str()),
+        decision.route.map(|route| route.name()),
         decision.reason.to_string(),
     )
 }
@@ -105,7 +105,7 @@ fn no_name_and_unknown_names_go_to_the_default() {
     );
     let empty = Alpn::default();
     let decision = table.lookup(None, &empty);
-    assert_eq!(decision.route.unwrap().name, "default");
+    assert_eq!(decision.route.unwrap().name(), "default");
     assert_eq!(decision.reason, Reason::NoServerName);
     assert_eq!(lookup(&table, "b.test", &[]).0, Some("default"));
 }
@@ -117,4 +117,34 @@ proptest! {
     fn lookups_return_the_most_specific_matching_route(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         crate::fuzzing::route(&bytes);
     }
+}
+
+/// Routes sharing a target share its pools; labels come out of the table's text as the config
+/// wrote them.
+#[test]
+fn routes_with_one_target_share_its_pool() {
+    let table = table(
+        &[
+            route("a", "a.test", ""),
+            route("b", "b.test", ""),
+            "[[route]]\nsni = \"c.test\"\nbackend = \"127.0.0.1:10\"\n".to_owned(),
+            "[[route]]\nsni = \"*.d.test\"\nalpn = [\"h2\"]\nbackend = \"127.0.0.1:9\"\n"
+                .to_owned(),
+        ]
+        .concat(),
+    );
+    assert_eq!(table.pools().count(), 2);
+    let pool = |name: &str| {
+        let name = ServerName::parse(name.as_bytes()).unwrap();
+        table
+            .lookup(Some(&name), &offer(&["h2"]))
+            .pool
+            .unwrap()
+            .clone()
+    };
+    assert!(Arc::ptr_eq(&pool("a.test"), &pool("b.test")));
+    assert!(Arc::ptr_eq(&pool("a.test"), &pool("x.d.test")));
+    assert!(!Arc::ptr_eq(&pool("a.test"), &pool("c.test")));
+    let names: Vec<&str> = table.routes().map(|route| route.name()).collect();
+    assert_eq!(names, ["a", "b", "c.test", "*.d.test/h2"]);
 }
