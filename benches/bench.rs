@@ -247,6 +247,7 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
         Kind::SnirouteBaseline,
         Kind::SnirouteLogOff,
         Kind::SniroutePool,
+        Kind::SnirouteMillion,
         Kind::Haproxy,
         Kind::Nginx,
     ] {
@@ -257,7 +258,11 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
         }
         if matches!(
             kind,
-            Kind::Sniroute | Kind::SnirouteBaseline | Kind::SnirouteLogOff | Kind::SniroutePool
+            Kind::Sniroute
+                | Kind::SnirouteBaseline
+                | Kind::SnirouteLogOff
+                | Kind::SniroutePool
+                | Kind::SnirouteMillion
         ) || installed(kind.label())
         {
             targets.push(Target::start(&bench, kind).await);
@@ -280,7 +285,10 @@ async fn compare(mut bench: Bench, runs: usize) -> anyhow::Result<String> {
             let mut direct: Option<Vec<f64>> = None;
             for (column, target) in targets.iter_mut().enumerate() {
                 target.check_alive();
-                if target.failure.is_some() || (figure, target.kind) == (Figure::Idle, Kind::Direct)
+                // The million-route column is there for the connection rate only.
+                if target.failure.is_some()
+                    || (figure, target.kind) == (Figure::Idle, Kind::Direct)
+                    || (target.kind == Kind::SnirouteMillion && figure != Figure::Connections)
                 {
                     continue;
                 }
@@ -547,6 +555,9 @@ enum Kind {
     SnirouteBaseline,
     /// sniroute with each name sent to a round-robin pool of 4 backends, log on.
     SniroutePool,
+    /// sniroute with a million more routes loaded (the scale section's tenant files), log on:
+    /// for the connection rate only.
+    SnirouteMillion,
     Haproxy,
     Nginx,
 }
@@ -559,6 +570,7 @@ impl Kind {
             Kind::SnirouteLogOff => "sniroute-log-off",
             Kind::SnirouteBaseline => "sniroute-baseline",
             Kind::SniroutePool => "sniroute-pool4",
+            Kind::SnirouteMillion => "sniroute-1m",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
         }
@@ -695,8 +707,17 @@ async fn start_proxy(bench: &Bench, kind: Kind, tag: &str) -> anyhow::Result<(So
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let routes = bench.names.iter().map(|name| (&name.host, name.backend));
     let (command, tree) = match kind {
-        Kind::Sniroute | Kind::SnirouteLogOff | Kind::SnirouteBaseline | Kind::SniroutePool => {
-            let mut text = sniroute_header(listen);
+        Kind::Sniroute
+        | Kind::SnirouteLogOff
+        | Kind::SnirouteBaseline
+        | Kind::SniroutePool
+        | Kind::SnirouteMillion => {
+            let mut text = String::new();
+            if kind == Kind::SnirouteMillion {
+                scale::tenant_files(&dir, 1_000_000)?;
+                writeln!(text, "include = [\"routes.d/*.toml\"]")?;
+            }
+            text.push_str(&sniroute_header(listen));
             for name in bench.names.iter() {
                 let host = &name.host;
                 match kind {

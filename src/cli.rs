@@ -3,12 +3,13 @@
 //! Human output goes to stdout; logs go to stderr. Every fault comes back as an error whose
 //! `Display` is the one line `main` prints before exiting with status 1.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Read, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -304,45 +305,26 @@ fn check(path: &Path) -> anyhow::Result<()> {
         }
     )?;
     writeln!(out, "routes, in the order they match:")?;
-    let rows: Vec<[String; 6]> = in_match_order(&config)
-        .into_iter()
-        .map(|route| {
-            [
-                match &route.file {
-                    None => route.line.to_string(),
-                    Some(file) => format!("{}:{}", file.display(), route.line),
-                },
-                route.name.clone(),
-                route
-                    .sni
-                    .as_ref()
-                    .map_or_else(|| "(no name, or no match)".to_owned(), ToString::to_string),
-                alpn_list(route),
-                route.target.pool.to_string(),
-                tls_mode(route),
-            ]
-        })
-        .collect();
-    let header = ["line", "name", "sni", "alpn", "backend", "tls"].map(str::to_owned);
-    let widths: Vec<usize> = (0..6)
-        .map(|column| {
-            rows.iter()
-                .chain([&header])
-                .map(|row| row[column].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in [&header].into_iter().chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        writeln!(out, "  {}", cells.join("  ").trim_end())?;
+    let routes = in_match_order(&config);
+    // Two passes over the routes, the cells written into the same six strings each time: a
+    // million routes print without a million rows held.
+    let header = ["line", "name", "sni", "alpn", "backend", "tls"];
+    let mut widths = header.map(str::len);
+    let mut cells: [String; 6] = Default::default();
+    let mut shown = Shown::default();
+    for route in &routes {
+        route_cells(route, &mut cells, &mut shown);
+        for (width, cell) in widths.iter_mut().zip(&cells) {
+            *width = (*width).max(cell.len());
+        }
     }
-    let pools: Vec<(&str, String)> = in_match_order(&config)
-        .into_iter()
+    row(&mut out, &header, &widths);
+    for route in &routes {
+        route_cells(route, &mut cells, &mut shown);
+        row(&mut out, &cells, &widths);
+    }
+    let pools: Vec<(&str, String)> = routes
+        .iter()
         .filter_map(|route| Some((route.name.as_str(), route.target.pool.settings()?)))
         .collect();
     if !pools.is_empty() {
@@ -355,6 +337,61 @@ fn check(path: &Path) -> anyhow::Result<()> {
         writeln!(out, "no [default]: hellos without a name or with an unknown one get an unrecognized_name alert")?;
     }
     emit(&out)
+}
+
+/// `check`'s cells for `route`: line, name, sni, alpn, backend, tls. What routes share (a file's
+/// name, a target's backends and TLS mode) is written once per file and target, in `shown`.
+fn route_cells<'r>(route: &'r Route, cells: &mut [String; 6], shown: &mut Shown<'r>) {
+    for cell in cells.iter_mut() {
+        cell.clear();
+    }
+    if let Some(file) = &route.file {
+        let file = shown
+            .files
+            .entry(&**file)
+            .or_insert_with(|| file.display().to_string());
+        cells[0].push_str(file);
+        cells[0].push(':');
+    }
+    // A String's fmt::Write never fails.
+    let _ = write!(cells[0], "{}", route.line);
+    cells[1].push_str(&route.name);
+    let _ = match &route.sni {
+        Some(sni) => write!(cells[2], "{sni}"),
+        None => write!(cells[2], "(no name, or no match)"),
+    };
+    cells[3].push_str(&alpn_list(route));
+    let (backend, tls) = shown
+        .targets
+        .entry(Arc::as_ptr(&route.target))
+        .or_insert_with(|| (route.target.pool.to_string(), tls_mode(route)));
+    cells[4].push_str(backend);
+    cells[5].push_str(tls);
+}
+
+/// What [`route_cells`] has written for files and targets already.
+#[derive(Default)]
+struct Shown<'r> {
+    files: HashMap<&'r Path, String>,
+    targets: HashMap<*const config::Target, (String, String)>,
+}
+
+/// One line of `check`'s table: two spaces in, cells padded to `widths` (in characters, as
+/// `{:width$}` pads), two spaces apart, no trailing blanks.
+fn row(out: &mut String, cells: &[impl AsRef<str>], widths: &[usize]) {
+    let start = out.len();
+    out.push_str("  ");
+    for (cell, width) in cells.iter().zip(widths) {
+        let cell = cell.as_ref();
+        out.push_str(cell);
+        out.extend(std::iter::repeat_n(
+            ' ',
+            width.saturating_sub(cell.chars().count()) + 2,
+        ));
+    }
+    let kept = out[start..].trim_end().len();
+    out.truncate(start + kept);
+    out.push('\n');
 }
 
 /// Writes command output to stdout in one go; a reader that has gone away (`| head`) is not a

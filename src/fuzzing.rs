@@ -229,6 +229,7 @@ pub fn route(data: &[u8]) {
             file: None,
             written: Default::default(),
         }),
+        loaded: Default::default(),
     };
     let table = RouteTable::new(&config, None);
     let offer = crate::hello::Alpn::default();

@@ -70,6 +70,11 @@ pub struct Server {
     /// Changes to the config file, watched from `bind` on so that none is missed.
     file_changes: mpsc::Receiver<()>,
     watch: Option<ConfigWatch>,
+    /// What the last full load read, for a reload that reads only the tenant files changed.
+    loaded: config::Loaded,
+    /// The listeners as the last full load gave them: routes read again are checked for loops
+    /// through them.
+    listens: Vec<Listen>,
 }
 
 impl Server {
@@ -138,6 +143,8 @@ impl Server {
             shared: Arc::new(Shared::new(config.limits.max_connections)),
             workers,
             report: watch::channel(report).0,
+            loaded: config.loaded.clone(),
+            listens: config.listeners.clone(),
         })
     }
 
@@ -257,6 +264,14 @@ impl Server {
         if let Some(watch) = &mut self.watch {
             watch.refresh();
         }
+        if let Some(changed) = self.reload_tenants(running).await {
+            self.report.send_modify(|report| {
+                report.attempts += 1;
+                report.refused = None;
+            });
+            reloaded(&self.path, changed);
+            return;
+        }
         let result = match config::load(&self.path) {
             Ok(config) => match self.prepare(&config, running).await {
                 Ok(prepared) => {
@@ -289,19 +304,11 @@ impl Server {
             Err(error) => Err(error),
         };
         match result {
-            Ok((config, changed)) => {
+            Ok((mut config, changed)) => {
                 if let Some(watch) = &mut self.watch {
                     watch.set_includes(&config.include_dirs);
                 }
-                metrics::counter!(series::CONFIG_RELOADS, "result" => "ok").increment(1);
-                tracing::info!(
-                    file = %self.path.display(),
-                    routes_added = changed.routes_added,
-                    routes_removed = changed.routes_removed,
-                    listeners_added = changed.listeners_added,
-                    listeners_removed = changed.listeners_removed,
-                    "config reloaded"
-                );
+                reloaded(&self.path, changed);
                 let listeners = config
                     .listeners
                     .iter()
@@ -315,6 +322,8 @@ impl Server {
                     report.listeners = listeners;
                     report.metrics = metrics;
                 });
+                self.loaded = std::mem::take(&mut config.loaded);
+                self.listens = config.listeners;
             }
             Err(error) => {
                 metrics::counter!(series::CONFIG_RELOADS, "result" => "error").increment(1);
@@ -325,6 +334,39 @@ impl Server {
                 });
             }
         }
+    }
+
+    /// A reload where routes.toml is as it was and only tenant files changed: reads those,
+    /// patches the table and swaps it in; the listeners, limits and metrics stay as they are.
+    /// `None`, with nothing changed, where it can't be done that way (see
+    /// [`config::Loaded::changed_tenants`] and [`RouteTable::patched`]): the caller then reloads
+    /// everything, which names any fault.
+    async fn reload_tenants(&mut self, running: &mut Running<'_>) -> Option<Changed> {
+        let changes = self.loaded.changed_tenants(&self.path)?;
+        let new = changes
+            .routes
+            .iter()
+            .map(|route| (Some(route.written.index), route));
+        refuse_loops_in(&self.path, &self.listens, new).ok()?;
+        let old = self.live.load_full();
+        let patched = old.table.patched(&changes.removed, &changes.routes)?;
+        let live = Live {
+            table: patched.table,
+            timeouts: old.timeouts,
+            limits: old.limits,
+            metrics: crate::metrics::ConnectionMetrics::new(),
+        };
+        pools::resolve_new(&live.table, &self.resolver, old.timeouts.connect).await;
+        running.pool_work.cancel();
+        running.pool_work = pools::start(&live.table, &self.resolver, running.background);
+        self.live.store(Arc::new(live));
+        self.loaded = changes.loaded;
+        Some(Changed {
+            routes_added: patched.added,
+            routes_removed: patched.removed,
+            listeners_added: 0,
+            listeners_removed: 0,
+        })
     }
 
     /// Everything a reload needs that can fail, done before anything changes: settings a kept
@@ -430,6 +472,19 @@ struct Changed {
     routes_removed: usize,
     listeners_added: usize,
     listeners_removed: usize,
+}
+
+/// Counts an applied reload and logs it.
+fn reloaded(path: &Path, changed: Changed) {
+    metrics::counter!(series::CONFIG_RELOADS, "result" => "ok").increment(1);
+    tracing::info!(
+        file = %path.display(),
+        routes_added = changed.routes_added,
+        routes_removed = changed.routes_removed,
+        listeners_added = changed.listeners_added,
+        listeners_removed = changed.listeners_removed,
+        "config reloaded"
+    );
 }
 
 /// The route names of a table, `[default]` included.
@@ -646,18 +701,28 @@ async fn bind_listeners<T>(
 /// # Errors
 /// The first such route, located at its `backend`.
 pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
-    let serves_http = config
-        .listeners
+    let routes = config
+        .routes
+        .iter()
+        .map(|route| (Some(route.written.index), route));
+    let default = config.default.iter().map(|route| (None, route));
+    refuse_loops_in(path, &config.listeners, routes.chain(default))
+}
+
+/// [`refuse_loops`] for `routes` (each with its index in its file; `None`: `[default]`) of a
+/// config with `listeners`.
+fn refuse_loops_in<'r>(
+    path: &Path,
+    listeners: &[Listen],
+    routes: impl Iterator<Item = (Option<usize>, &'r config::Route)>,
+) -> Result<(), ConfigError> {
+    let serves_http = listeners
         .iter()
         .any(|listen| listen.protocol == config::Protocol::Http);
     // Routes share targets: each is checked once, at the first route that has it (whose keys
     // its members' positions point into).
     let mut checked = std::collections::HashSet::new();
-    let routes = config
-        .routes
-        .iter()
-        .map(|route| (Some(route.written.index), route));
-    for (index, route) in routes.chain(config.default.iter().map(|route| (None, route))) {
+    for (index, route) in routes {
         if !checked.insert(Arc::as_ptr(&route.target)) {
             continue;
         }
@@ -687,8 +752,7 @@ pub fn refuse_loops(path: &Path, config: &Config) -> Result<(), ConfigError> {
                 let config::Backend::Addr(backend) = member.backend else {
                     continue;
                 };
-                let Some((index, listen)) = config
-                    .listeners
+                let Some((index, listen)) = listeners
                     .iter()
                     .enumerate()
                     .find(|(_, listen)| reaches(listen.address, backend))

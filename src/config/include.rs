@@ -14,7 +14,8 @@ use toml::Spanned;
 
 use super::error::{self, quoted, ConfigError, Source};
 use super::raw::RawTenant;
-use super::route::{self, Reading, Route, Target};
+use super::reload::Stamp;
+use super::route::{self, Reading, Route, Target, Targets};
 
 /// Tenant files at most, across every pattern.
 pub const MAX_TENANT_FILES: usize = 100_000;
@@ -32,6 +33,7 @@ pub(super) fn resolve(
     patterns: &Spanned<Vec<Spanned<String>>>,
 ) -> Result<Included, ConfigError> {
     let mut included = Included::default();
+    let mut seen = std::collections::HashSet::new();
     for (index, pattern) in patterns.get_ref().iter().enumerate() {
         let key = format!("include[{index}]");
         let path = source.relative_path(pattern);
@@ -73,7 +75,7 @@ pub(super) fn resolve(
             .collect();
         matched.sort();
         for file in matched {
-            if !included.files.contains(&file) {
+            if seen.insert(file.clone()) {
                 included.files.push(file);
             }
         }
@@ -95,19 +97,21 @@ pub(super) fn resolve(
 /// a run of files in a row, with its own copy of `reading`; then targets read by several threads
 /// are made one (the first in file order).
 ///
+/// Returns the targets read (by key, the first of each) and each file's stamp, in file order.
+///
 /// # Errors
 /// The first fault in file order.
 pub(super) fn read(
     files: &[PathBuf],
     reading: Reading,
     routes: &mut Vec<Route>,
-) -> Result<(), ConfigError> {
+) -> Result<(Targets, Stamps), ConfigError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(files.len().div_ceil(16))
         .max(1);
     let runs: Vec<&[PathBuf]> = files.chunks(files.len().div_ceil(threads).max(1)).collect();
-    let read: Vec<Result<(Vec<Route>, Reading), ConfigError>> = match runs.len() {
+    let read: Vec<Result<Run, ConfigError>> = match runs.len() {
         0 | 1 => vec![read_run(files, reading.clone())],
         _ => std::thread::scope(|scope| {
             let started: Vec<_> = runs
@@ -129,8 +133,14 @@ pub(super) fn read(
         }),
     };
     let mut shared = reading.targets;
+    let mut stamps = Vec::with_capacity(files.len());
     for result in read {
-        let (mut run, reading) = result?;
+        let Run {
+            routes: mut run,
+            reading,
+            stamps: mut run_stamps,
+        } = result?;
+        stamps.append(&mut run_stamps);
         // Each thread's copy of a target to the first one read.
         let mut same: HashMap<*const Target, Arc<Target>> = HashMap::new();
         for (key, target) in reading.targets {
@@ -148,17 +158,32 @@ pub(super) fn read(
         }
         routes.append(&mut run);
     }
-    Ok(())
+    Ok((shared, stamps))
 }
 
-/// Reads a run of tenant files in turn, stopping at the first fault.
-fn read_run(files: &[PathBuf], mut reading: Reading) -> Result<(Vec<Route>, Reading), ConfigError> {
+/// Tenant files' stamps, in file order.
+pub(super) type Stamps = Vec<(Arc<Path>, Stamp)>;
+
+/// What a run of tenant files gave: their routes, the targets read, and each file's stamp.
+pub(super) struct Run {
+    pub routes: Vec<Route>,
+    pub reading: Reading,
+    pub stamps: Stamps,
+}
+
+/// Reads a run of tenant files in turn, stopping at the first fault. Each file is stamped
+/// before it is read, so a change while it is read shows at the next reload.
+pub(super) fn read_run(files: &[PathBuf], mut reading: Reading) -> Result<Run, ConfigError> {
     let mut routes = Vec::new();
+    let mut stamps = Vec::with_capacity(files.len());
     for path in files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::file(path, format!("cannot read: {error}")))?;
+        let cannot_read =
+            |error: std::io::Error| ConfigError::file(path, format!("cannot read: {error}"));
+        let stamp = Stamp::of(&std::fs::metadata(path).map_err(cannot_read)?);
+        let text = std::fs::read_to_string(path).map_err(cannot_read)?;
         let line_starts = error::line_starts(&text);
         let path = Arc::<Path>::from(path.as_path());
+        stamps.push((path.clone(), stamp));
         let source = Source {
             file: &path,
             text: &text,
@@ -176,7 +201,11 @@ fn read_run(files: &[PathBuf], mut reading: Reading) -> Result<(Vec<Route>, Read
             )?);
         }
     }
-    Ok((routes, reading))
+    Ok(Run {
+        routes,
+        reading,
+        stamps,
+    })
 }
 
 /// Whether `name` matches `pattern` (`*`: any run, `?`: any one byte).

@@ -13,6 +13,7 @@ mod limits;
 mod listen;
 mod pool;
 mod raw;
+mod reload;
 mod route;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use limits::{Limits, Timeouts};
 pub use listen::{Listen, ListenKey, Protocol};
 pub use pool::{Backend, Balance, Check, Health, Http, HttpMode, Member, Pool, MAX_MEMBERS};
 use raw::RawConfig;
+pub use reload::{Loaded, TenantChanges};
 pub use route::{Route, Target, Terminate, Written, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
 
 /// A validated configuration.
@@ -43,6 +45,8 @@ pub struct Config {
     /// Where hellos with no name, or a name no route matches, go; `None`: they get an
     /// `unrecognized_name` alert.
     pub default: Option<Route>,
+    /// What was read, for a reload to read again only the tenant files that changed.
+    pub loaded: Loaded,
 }
 
 /// Reads, parses and validates the config at `path`.
@@ -104,8 +108,19 @@ impl Config {
             .as_ref()
             .map(|default| route::default_from_raw(source, default, &reading))
             .transpose()?;
-        include::read(&included.files, reading, &mut routes)?;
+        let read_at = std::time::SystemTime::now();
+        let quic = reading.quic;
+        let (targets, stamps) = include::read(&included.files, reading, &mut routes)?;
         route::check_routes(source.file, &routes)?;
+        let loaded = Loaded::new(
+            source.text,
+            raw.include.clone(),
+            stamps,
+            read_at,
+            route::Reading { targets, quic },
+            &routes,
+            default.as_ref(),
+        );
         Ok(Self {
             listeners,
             timeouts,
@@ -114,6 +129,7 @@ impl Config {
             routes,
             include_dirs: included.directories,
             default,
+            loaded,
         })
     }
 }

@@ -138,13 +138,16 @@ impl<'a> From<&'a RawDefault> for RawTargetRef<'a> {
     }
 }
 
+/// Targets by what their keys say (see [`Reading::key`]): a million routes to a thousand
+/// backends hold a thousand targets.
+pub(super) type Targets = HashMap<Box<str>, Arc<Target>>;
+
 /// What a file's routes are read with: the targets read so far, each once, and the quic
 /// listener, if the config has one.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Reading {
-    /// Targets by what their keys say (see [`Reading::key`]): a million routes to a thousand
-    /// backends hold a thousand targets.
-    pub targets: HashMap<Box<str>, Arc<Target>>,
+    /// The targets read so far.
+    pub targets: Targets,
     /// The index of the first quic listener: terminate routes are refused beside one.
     pub quic: Option<usize>,
 }
@@ -177,21 +180,16 @@ impl Reading {
         if raw.terminate.is_some() || raw.backend_tls.is_some() {
             return None;
         }
-        fn text(value: &Option<Spanned<String>>) -> Option<&String> {
-            value.as_ref().map(Spanned::get_ref)
+        fn text(value: &Option<Spanned<String>>) -> Option<&str> {
+            value.as_ref().map(|value| value.get_ref().as_str())
         }
         let mut key = String::new();
         put(&mut key, text(raw.pool.backend));
-        let backends = raw.pool.backends.as_ref();
-        put(
-            &mut key,
-            backends.map(|list| {
-                list.get_ref()
-                    .iter()
-                    .map(Spanned::get_ref)
-                    .collect::<Vec<_>>()
-            }),
-        );
+        let backends = raw.pool.backends.as_ref().map(|list| {
+            let list: Vec<&toml::Value> = list.get_ref().iter().map(Spanned::get_ref).collect();
+            format!("{list:?}")
+        });
+        put(&mut key, backends.as_deref());
         put(&mut key, text(raw.pool.balance));
         put(&mut key, text(raw.http));
         put(&mut key, text(raw.http_backend));
@@ -199,34 +197,37 @@ impl Reading {
         if let Some(health) = raw.pool.health {
             let health = health.get_ref();
             let number = |value: &Option<Spanned<i64>>| value.as_ref().map(|v| *v.get_ref());
-            put(
-                &mut key,
-                Some((
-                    text(&health.check),
-                    text(&health.interval),
-                    text(&health.timeout),
-                    number(&health.rise),
-                    number(&health.fall),
-                    text(&health.server_name),
-                    text(&health.ca),
-                )),
-            );
+            let (rise, fall) = (number(&health.rise), number(&health.fall));
+            put(&mut key, Some(&format!("{rise:?} {fall:?}")));
+            for value in [
+                &health.check,
+                &health.interval,
+                &health.timeout,
+                &health.server_name,
+                &health.ca,
+            ] {
+                put(&mut key, text(value));
+            }
             if health.server_name.is_none() {
-                put(&mut key, sni.map(ToString::to_string));
+                put(&mut key, sni.map(ToString::to_string).as_deref());
             }
         }
         Some(key)
     }
 }
 
-/// Appends `value` (or a marker for none) to a target's key.
-fn put(key: &mut String, value: Option<impl std::fmt::Debug>) {
+/// Appends `value`, or a marker for none, to a target's key: its length first, so that no two
+/// sequences of values give one key.
+fn put(key: &mut String, value: Option<&str>) {
     use std::fmt::Write as _;
-    // A String's fmt::Write never fails.
-    let _ = match value {
-        Some(value) => write!(key, "{value:?};"),
-        None => write!(key, "-;"),
-    };
+    match value {
+        // A String's fmt::Write never fails.
+        Some(value) => {
+            let _ = write!(key, "{}:", value.len());
+            key.push_str(value);
+        }
+        None => key.push('-'),
+    }
 }
 
 /// Where a route (or `[default]`) sends its traffic, the PROXY header it sends first, and its

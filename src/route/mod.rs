@@ -12,14 +12,18 @@
 //! sees a connection.
 
 mod index;
+mod patch;
 mod pool;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use once_cell::race::OnceBox;
 
+pub use patch::Patched;
 pub use pool::{
     rendezvous, smooth_schedule, Change, Member, Members, Open, Plan, Pool, EJECTION_BASE_MS,
     EJECTION_MAX_MS, EJECT_AFTER, MAX_ATTEMPTS,
@@ -46,26 +50,33 @@ pub struct RouteTable {
     /// Each route's pattern (`a.example.com`, `*.example.com`; empty for `[default]`), followed
     /// by its label where that is not the pattern itself.
     text: String,
-    /// In file order, then `[default]`.
-    routes: Box<[Entry]>,
-    /// Each route's series, registered on first use.
-    series: Box<[OnceBox<RouteHandles>]>,
+    /// In file order, then `[default]`; a patched table's new routes after those.
+    routes: Vec<Entry>,
     /// The distinct targets, with their pools.
-    targets: Box<[Shared]>,
+    targets: Vec<Shared>,
     /// The distinct `alpn` lists.
-    alpn: Box<[AlpnList]>,
+    alpn: Vec<AlpnList>,
     /// Exact names, to the first route of the name.
     exact: Index,
     /// Wildcards' suffixes with their leading dot (`.tenants.example.com`), likewise.
     wildcards: Index,
-    /// Whether the last entry is `[default]`.
-    has_default: bool,
+    /// Labels, to their route: a patch refuses a label taken.
+    labels: Index,
+    /// Each tenant file's routes, as runs of route numbers.
+    files: HashMap<Arc<Path>, Vec<Range<u32>>>,
+    /// `[default]`'s route number; [`NONE`]: none.
+    default: u32,
+    /// Routes a patch took out, left in place.
+    dead: usize,
+    /// Whether the config has an `http` listener: targets get port-80 pools.
+    serves_http: bool,
     /// The series of connections that match no route.
     unmatched: OnceBox<RouteHandles>,
 }
 
-/// One route, as offsets into the table's text and numbers of its other parts.
-#[derive(Debug, Clone, Copy)]
+/// One route, as offsets into the table's text and numbers of its other parts, and its series
+/// (registered on first use) beside them: a lookup touches one line of memory for both.
+#[derive(Debug)]
 struct Entry {
     /// Where its pattern starts in the table's text.
     text: u32,
@@ -74,21 +85,27 @@ struct Entry {
     /// Bytes of its pattern.
     pattern: u16,
     wildcard: bool,
+    /// Taken out by a patch: in no index, skipped by [`RouteTable::routes`].
+    dead: bool,
     /// Its target, by index in `targets`.
     target: u32,
     /// Its `alpn` list, by index in `alpn`; [`NONE`]: none.
     alpn: u32,
-    /// The next route (in file order) with the same pattern; [`NONE`]: the last.
+    /// The next route with the same pattern (their order doesn't matter: routes of one pattern
+    /// never share a protocol); [`NONE`]: the last.
     next: u32,
+    series: OnceBox<RouteHandles>,
 }
 
-/// A target and what it has beside its config: its pools' live state.
-#[derive(Debug)]
+/// A target and what it has beside its config: its pools' live state, and how many live routes
+/// have it (a target no route has any more runs no checks).
+#[derive(Debug, Clone)]
 struct Shared {
     target: Arc<Target>,
     pool: Arc<Pool>,
     /// Its port-80 backends, where the config has an `http` listener.
     http: Option<Arc<Pool>>,
+    routes: u32,
 }
 
 /// A route of a table.
@@ -139,83 +156,6 @@ impl RouteTable {
     /// each pool keeps the state (health, resolved addresses) of the pool with its label in
     /// `previous`, the table a reload replaces.
     pub fn new(config: &Config, previous: Option<&RouteTable>) -> Self {
-        let all: Vec<&Route> = config.routes.iter().chain(&config.default).collect();
-        let serves_http = config
-            .listeners
-            .iter()
-            .any(|listen| listen.protocol == crate::config::Protocol::Http);
-        let previous: HashMap<&str, &Shared> = previous
-            .map(|table| {
-                table
-                    .targets
-                    .iter()
-                    .map(|shared| (shared.pool.route(), shared))
-                    .collect()
-            })
-            .unwrap_or_default();
-
-        let mut text = String::with_capacity(all.iter().map(|route| route.name.len()).sum());
-        let mut routes = Vec::with_capacity(all.len());
-        let mut targets: Vec<Shared> = Vec::new();
-        let mut target_of: HashMap<*const Target, u32> = HashMap::new();
-        let mut alpn: Vec<AlpnList> = Vec::new();
-        let mut alpn_of: HashMap<&[Box<[u8]>], u32> = HashMap::new();
-        for route in &all {
-            let start = text.len();
-            let wildcard = matches!(route.sni, Some(NamePattern::Wildcard(_)));
-            if let Some(pattern) = &route.sni {
-                use fmt::Write as _;
-                // A String's fmt::Write never fails.
-                let _ = write!(text, "{pattern}");
-            }
-            let pattern = text.len() - start;
-            let label = match text[start..] == *route.name {
-                true => 0,
-                false => {
-                    text.push_str(&route.name);
-                    route.name.len()
-                }
-            };
-            let target = *target_of
-                .entry(Arc::as_ptr(&route.target))
-                .or_insert_with(|| {
-                    let before = previous.get(route.name.as_str());
-                    targets.push(Shared {
-                        target: route.target.clone(),
-                        pool: Arc::new(Pool::new(
-                            &route.name,
-                            &route.target.pool,
-                            before.map(|shared| &*shared.pool),
-                        )),
-                        http: serves_http.then(|| {
-                            Arc::new(Pool::new(
-                                &route.name,
-                                &route.target.http.pool,
-                                before.and_then(|shared| shared.http.as_deref()),
-                            ))
-                        }),
-                    });
-                    (targets.len() - 1) as u32
-                });
-            let alpn = match route.alpn.is_empty() {
-                true => NONE,
-                false => *alpn_of.entry(&route.alpn).or_insert_with(|| {
-                    alpn.push(route.alpn.clone().into_boxed_slice());
-                    (alpn.len() - 1) as u32
-                }),
-            };
-            routes.push(Entry {
-                // Offsets fit: a config is read into memory whole, and each name is at most 257
-                // bytes (a wildcard's `*.` and 255).
-                text: start as u32,
-                label: label as u32,
-                pattern: pattern as u16,
-                wildcard,
-                target,
-                alpn,
-                next: NONE,
-            });
-        }
         let count = |wildcard: bool| {
             config
                 .routes
@@ -223,41 +163,159 @@ impl RouteTable {
                 .filter(|route| matches!(route.sni, Some(NamePattern::Wildcard(_))) == wildcard)
                 .count()
         };
+        let all = config.routes.len() + usize::from(config.default.is_some());
         let mut table = Self {
-            text,
-            series: routes.iter().map(|_| OnceBox::new()).collect(),
-            routes: routes.into_boxed_slice(),
-            targets: targets.into_boxed_slice(),
-            alpn: alpn.into_boxed_slice(),
+            text: String::with_capacity(config.routes.iter().map(|route| route.name.len()).sum()),
+            routes: Vec::with_capacity(all),
+            targets: Vec::new(),
+            alpn: Vec::new(),
             exact: Index::with_capacity(count(false)),
             wildcards: Index::with_capacity(count(true)),
-            has_default: config.default.is_some(),
+            labels: Index::with_capacity(all),
+            files: HashMap::new(),
+            default: NONE,
+            dead: 0,
+            serves_http: config
+                .listeners
+                .iter()
+                .any(|listen| listen.protocol == crate::config::Protocol::Http),
             unmatched: OnceBox::new(),
         };
-        table.index(config.routes.len());
+        let mut adding = Adding::new(&table, previous);
+        for route in &config.routes {
+            // The config refused routes that tie or share a label, and the indexes have room.
+            let _ = table.add(route, &mut adding);
+        }
+        if let Some(default) = &config.default {
+            let _ = table.add(default, &mut adding);
+            table.default = table.routes.len() as u32 - 1;
+        }
         table
     }
 
-    /// Enters the first `count` routes in the indexes; later routes with a pattern already
-    /// entered are chained after it, in file order.
-    fn index(&mut self, count: usize) {
+    /// Adds `route` after the others: its text, its target (one of `adding`'s, or a new one with
+    /// the state of the pool of its label before), its `alpn` list, and its entries in the
+    /// indexes. `false`, with nothing added, where it would tie with a route of its pattern,
+    /// its label is taken, or an index is full.
+    fn add(&mut self, route: &Route, adding: &mut Adding<'_>) -> bool {
+        let start = self.text.len();
+        if let Some(pattern) = &route.sni {
+            use fmt::Write as _;
+            // A String's fmt::Write never fails.
+            let _ = write!(self.text, "{pattern}");
+        }
+        let wildcard = matches!(route.sni, Some(NamePattern::Wildcard(_)));
+        let pattern = self.text.len() - start;
+        let label = match self.text[start..] == *route.name {
+            true => 0,
+            false => {
+                self.text.push_str(&route.name);
+                route.name.len()
+            }
+        };
+        let number = self.routes.len() as u32;
+        let entry = Entry {
+            // Offsets fit: a config is read into memory whole, and each pattern is at most 257
+            // bytes (a wildcard's `*.` and 255).
+            text: start as u32,
+            label: label as u32,
+            pattern: pattern as u16,
+            wildcard,
+            dead: false,
+            target: NONE,
+            alpn: NONE,
+            next: NONE,
+            series: OnceBox::new(),
+        };
+        let refused = |table: &mut Self| {
+            table.text.truncate(start);
+            false
+        };
+        // Room, no tie with a route of its pattern, and its label free.
+        let (text, routes) = (&self.text, &self.routes);
+        let key_of = |index: u32| match index == number {
+            true => key(text, &entry),
+            false => key(text, &routes[index as usize]),
+        };
+        let label_of = |index: u32| match index == number {
+            true => name(text, &entry).as_bytes(),
+            false => name(text, &routes[index as usize]).as_bytes(),
+        };
+        let index = match wildcard {
+            true => &self.wildcards,
+            false => &self.exact,
+        };
+        let first = match route.sni {
+            None => None,
+            Some(_) if !index.has_room(1) => return refused(self),
+            Some(_) => index.get(key(text, &entry), key_of),
+        };
+        let ties = self.chain(first).any(|other| {
+            let other = self.alpn_of(other);
+            match (route.alpn.is_empty(), other.is_empty()) {
+                (true, true) => true,
+                (false, false) => route.alpn.iter().any(|protocol| other.contains(protocol)),
+                _ => false,
+            }
+        });
+        if ties
+            || !self.labels.has_room(1)
+            || self
+                .labels
+                .get(name(text, &entry).as_bytes(), label_of)
+                .is_some()
+        {
+            return refused(self);
+        }
+
+        let mut entry = entry;
+        entry.target = adding.target(route, self);
+        entry.alpn = match route.alpn.is_empty() {
+            true => NONE,
+            false => adding.alpn(&route.alpn, self),
+        };
+        self.targets[entry.target as usize].routes += 1;
+        self.routes.push(entry);
         let (text, routes) = (&self.text, &mut self.routes);
-        for number in 0..count as u32 {
-            let entry = routes[number as usize];
-            let key_of = |index: u32| key(text, &routes[index as usize]);
-            let key = key(text, &entry);
-            let index = match entry.wildcard {
+        let key_of = |index: u32| key(text, &routes[index as usize]);
+        self.labels.insert(
+            name(text, &routes[number as usize]).as_bytes(),
+            number,
+            |index| name(text, &routes[index as usize]).as_bytes(),
+        );
+        if route.sni.is_some() {
+            let index = match wildcard {
                 true => &mut self.wildcards,
                 false => &mut self.exact,
             };
-            let Some(first) = index.insert(key, number, key_of) else {
-                continue;
-            };
-            let mut last = first;
-            while routes[last as usize].next != NONE {
-                last = routes[last as usize].next;
+            if let Some(first) = index.insert(key(text, &routes[number as usize]), number, key_of) {
+                // Second in its chain: the order of a pattern's routes doesn't matter.
+                routes[number as usize].next = routes[first as usize].next;
+                routes[first as usize].next = number;
             }
-            routes[last as usize].next = number;
+        }
+        if let Some(file) = &route.file {
+            let runs = self.files.entry(file.clone()).or_default();
+            match runs.last_mut() {
+                Some(run) if run.end == number => run.end += 1,
+                _ => runs.push(number..number + 1),
+            }
+        }
+        true
+    }
+
+    /// The routes of one pattern, from `first` on.
+    fn chain(&self, first: Option<u32>) -> impl Iterator<Item = u32> + '_ {
+        std::iter::successors(first, |&index| {
+            Some(self.routes[index as usize].next).filter(|&next| next != NONE)
+        })
+    }
+
+    /// A route's `alpn` list; empty: none.
+    fn alpn_of(&self, index: u32) -> &[Box<[u8]>] {
+        match self.routes[index as usize].alpn {
+            NONE => &[],
+            alpn => &self.alpn[alpn as usize],
         }
     }
 
@@ -292,18 +350,10 @@ impl RouteTable {
     /// The route among those of one pattern (from `first` on) for `offer`, and the protocol
     /// (from the route's own list, so the decision borrows only the table) that made it match.
     fn pick(&self, first: u32, offer: &Alpn) -> Option<(u32, Option<&[u8]>)> {
-        let chain = || {
-            std::iter::successors(Some(first), |&index| {
-                Some(self.routes[index as usize].next).filter(|&next| next != NONE)
-            })
-        };
         for protocol in offer.iter() {
-            for index in chain() {
-                let alpn = self.routes[index as usize].alpn;
-                if alpn == NONE {
-                    continue;
-                }
-                if let Some(accepted) = self.alpn[alpn as usize]
+            for index in self.chain(Some(first)) {
+                if let Some(accepted) = self
+                    .alpn_of(index)
                     .iter()
                     .find(|accepted| ***accepted == *protocol)
                 {
@@ -311,7 +361,7 @@ impl RouteTable {
                 }
             }
         }
-        chain()
+        self.chain(Some(first))
             .find(|&index| self.routes[index as usize].alpn == NONE)
             .map(|index| (index, None))
     }
@@ -329,15 +379,15 @@ impl RouteTable {
     }
 
     fn fallback(&self, reason: Reason<'static>) -> Decision<'_> {
-        match self.has_default {
-            true => self.decision(self.routes.len() as u32 - 1, reason),
-            false => Decision {
+        match self.default {
+            NONE => Decision {
                 route: None,
                 metrics: self.unmatched(),
                 pool: None,
                 http_pool: None,
                 reason,
             },
+            default => self.decision(default, reason),
         }
     }
 
@@ -347,16 +397,19 @@ impl RouteTable {
     }
 
     /// Every distinct target's pools (its backends, then its port-80 backends), in the order of
-    /// the first route that has it.
+    /// the first route that has it; not those of targets no route has any more.
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.targets
             .iter()
+            .filter(|shared| shared.routes > 0)
             .flat_map(|shared| std::iter::once(&shared.pool).chain(shared.http.as_ref()))
     }
 
-    /// Every route, in file order, then `[default]`.
+    /// Every route: in file order, then `[default]`, then the routes a patch added.
     pub fn routes(&self) -> impl Iterator<Item = RouteRef<'_>> {
-        (0..self.routes.len() as u32).map(|index| RouteRef { table: self, index })
+        (0..self.routes.len() as u32)
+            .filter(|&index| !self.routes[index as usize].dead)
+            .map(|index| RouteRef { table: self, index })
     }
 
     /// Bytes the table holds, by part: its text, its routes, its indexes, and the rest (targets,
@@ -364,11 +417,11 @@ impl RouteTable {
     pub fn footprint(&self) -> Footprint {
         [
             ("text", self.text.capacity()),
+            ("routes", self.routes.capacity() * size_of::<Entry>()),
             (
-                "routes",
-                self.routes.len() * (size_of::<Entry>() + size_of::<OnceBox<RouteHandles>>()),
+                "indexes",
+                self.exact.bytes() + self.wildcards.bytes() + self.labels.bytes(),
             ),
-            ("indexes", self.exact.bytes() + self.wildcards.bytes()),
             (
                 "targets",
                 self.targets.len() * size_of::<Shared>()
@@ -384,16 +437,85 @@ fn key<'t>(text: &'t str, entry: &Entry) -> &'t [u8] {
     &text.as_bytes()[start..entry.text as usize + usize::from(entry.pattern)]
 }
 
+/// A route's label: its own, or its pattern.
+fn name<'t>(text: &'t str, entry: &Entry) -> &'t str {
+    let (start, pattern) = (entry.text as usize, usize::from(entry.pattern));
+    match entry.label {
+        0 => &text[start..start + pattern],
+        label => &text[start + pattern..start + pattern + label as usize],
+    }
+}
+
+/// What adding routes to a table looks up: the targets and `alpn` lists it has (by pointer, by
+/// value), and the pools of the table before it by label, whose state new pools keep.
+struct Adding<'p> {
+    target_of: HashMap<*const Target, u32>,
+    alpn_of: HashMap<AlpnList, u32>,
+    before: HashMap<&'p str, &'p Shared>,
+}
+
+impl<'p> Adding<'p> {
+    fn new(table: &RouteTable, before: Option<&'p RouteTable>) -> Self {
+        Self {
+            target_of: (table.targets.iter().enumerate())
+                .map(|(index, shared)| (Arc::as_ptr(&shared.target), index as u32))
+                .collect(),
+            alpn_of: (table.alpn.iter().enumerate())
+                .map(|(index, list)| (list.clone(), index as u32))
+                .collect(),
+            before: before
+                .iter()
+                .flat_map(|table| &table.targets)
+                .map(|shared| (shared.pool.route(), shared))
+                .collect(),
+        }
+    }
+
+    /// The number of `route`'s target in `table`, entered now if it is new there.
+    fn target(&mut self, route: &Route, table: &mut RouteTable) -> u32 {
+        *self
+            .target_of
+            .entry(Arc::as_ptr(&route.target))
+            .or_insert_with(|| {
+                let before = self.before.get(route.name.as_str());
+                table.targets.push(Shared {
+                    target: route.target.clone(),
+                    pool: Arc::new(Pool::new(
+                        &route.name,
+                        &route.target.pool,
+                        before.map(|shared| &*shared.pool),
+                    )),
+                    http: table.serves_http.then(|| {
+                        Arc::new(Pool::new(
+                            &route.name,
+                            &route.target.http.pool,
+                            before.and_then(|shared| shared.http.as_deref()),
+                        ))
+                    }),
+                    routes: 0,
+                });
+                table.targets.len() as u32 - 1
+            })
+    }
+
+    /// The number of `list` among `table`'s `alpn` lists, entered now if it is new there.
+    fn alpn(&mut self, list: &[Box<[u8]>], table: &mut RouteTable) -> u32 {
+        if let Some(&index) = self.alpn_of.get(list) {
+            return index;
+        }
+        let list: AlpnList = list.into();
+        table.alpn.push(list.clone());
+        let index = table.alpn.len() as u32 - 1;
+        self.alpn_of.insert(list, index);
+        index
+    }
+}
+
 impl<'a> RouteRef<'a> {
     /// Its label in logs and metrics: `name`, or the sni pattern plus `/alpn,list` when it has
     /// one; `default` for `[default]`.
     pub fn name(&self) -> &'a str {
-        let entry = self.entry();
-        let (start, pattern) = (entry.text as usize, usize::from(entry.pattern));
-        match entry.label {
-            0 => &self.table.text[start..start + pattern],
-            label => &self.table.text[start + pattern..start + pattern + label as usize],
-        }
+        name(&self.table.text, self.entry())
     }
 
     /// Where it sends its traffic, and how.
@@ -403,21 +525,18 @@ impl<'a> RouteRef<'a> {
 
     /// Its `alpn` list; empty: no condition.
     pub fn alpn(&self) -> &'a [Box<[u8]>] {
-        match self.entry().alpn {
-            NONE => &[],
-            alpn => &self.table.alpn[alpn as usize],
-        }
+        self.table.alpn_of(self.index)
     }
 
-    /// Its place in the config: the index in `Config::routes`, which for `[default]` is their
-    /// number.
+    /// Its place in the config a table was made from (not patched): the index in
+    /// `Config::routes`, which for `[default]` is their number.
     pub fn index(&self) -> usize {
         self.index as usize
     }
 
     /// Its series.
     pub fn metrics(&self) -> RouteMetrics<'a> {
-        RouteMetrics::new(self.name(), &self.table.series[self.index as usize])
+        RouteMetrics::new(self.name(), &self.entry().series)
     }
 
     fn entry(&self) -> &'a Entry {

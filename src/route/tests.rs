@@ -148,3 +148,140 @@ fn routes_with_one_target_share_its_pool() {
     let names: Vec<&str> = table.routes().map(|route| route.name()).collect();
     assert_eq!(names, ["a", "b", "c.test", "*.d.test/h2"]);
 }
+
+/// Routes of tenant files `files` (name, text), read as a config including them; and the paths.
+fn tenant_config(dir: &Path, files: &[(&str, &str)]) -> Config {
+    let tenants = dir.join("routes.d");
+    let _ = std::fs::remove_dir_all(&tenants);
+    std::fs::create_dir_all(&tenants).unwrap();
+    for (name, text) in files {
+        std::fs::write(tenants.join(name), text).unwrap();
+    }
+    let main = dir.join("routes.toml");
+    std::fs::write(
+        &main,
+        "include = [\"routes.d/*.toml\"]\n[[listen]]\naddress = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    crate::config::load(&main).unwrap()
+}
+
+fn tenant(sni: &str, extra: &str) -> String {
+    format!("[[route]]\nsni = \"{sni}\"\nbackend = \"127.0.0.1:9\"\n{extra}\n")
+}
+
+/// A patch takes one file's routes out and its new ones in, the others untouched: chains of
+/// one pattern across files, wildcards, labels, and the counts for the log line.
+#[test]
+fn a_patch_replaces_one_files_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = [
+        tenant("b.test", ""),
+        tenant("x.test", ""),
+        tenant("*.w.test", ""),
+    ]
+    .concat();
+    let before = tenant_config(
+        dir.path(),
+        &[
+            (
+                "a.toml",
+                &[tenant("a.test", ""), tenant("x.test", "alpn = [\"h2\"]")].concat(),
+            ),
+            ("b.toml", &b),
+        ],
+    );
+    let table = RouteTable::new(&before, None);
+    let after = tenant_config(
+        dir.path(),
+        &[
+            (
+                "a.toml",
+                &[tenant("c.test", ""), tenant("*.w.test", "alpn = [\"h2\"]")].concat(),
+            ),
+            ("b.toml", &b),
+        ],
+    );
+    let a: Arc<Path> = dir.path().join("routes.d/a.toml").into();
+    let changed: Vec<Route> = (after.routes.iter())
+        .filter(|route| route.file.as_deref() == Some(&*a))
+        .cloned()
+        .collect();
+    let patched = table.patched(std::slice::from_ref(&a), &changed).unwrap();
+    assert_eq!((patched.added, patched.removed), (2, 2));
+    let table = patched.table;
+    assert_eq!(lookup(&table, "a.test", &[]).0, None);
+    assert_eq!(lookup(&table, "c.test", &[]).0, Some("c.test"));
+    assert_eq!(lookup(&table, "b.test", &[]).0, Some("b.test"));
+    assert_eq!(lookup(&table, "x.test", &["h2"]).0, Some("x.test"));
+    assert_eq!(lookup(&table, "q.w.test", &["h2"]).0, Some("*.w.test/h2"));
+    assert_eq!(lookup(&table, "q.w.test", &[]).0, Some("*.w.test"));
+    let mut names: Vec<&str> = table.routes().map(|route| route.name()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["*.w.test", "*.w.test/h2", "b.test", "c.test", "x.test"]
+    );
+
+    // Taken out again, then put back: the same table as the first.
+    let none: [Route; 0] = [];
+    let emptied = table
+        .patched(std::slice::from_ref(&a), &none)
+        .unwrap()
+        .table;
+    assert_eq!(lookup(&emptied, "c.test", &[]).0, None);
+    assert_eq!(lookup(&emptied, "q.w.test", &["h2"]).0, Some("*.w.test"));
+
+    // A route that would tie with one kept, or take a kept label: no patch.
+    let tie = tenant_config(
+        dir.path(),
+        &[
+            ("a.toml", &tenant("b.test", "alpn = [\"h2\"]")),
+            ("z.toml", ""),
+        ],
+    );
+    assert!(
+        emptied.patched(&[], &tie.routes[..1]).is_some(),
+        "b.test's route has no alpn"
+    );
+    let label = tenant_config(
+        dir.path(),
+        &[("a.toml", &tenant("d.test", "name = \"b.test\""))],
+    );
+    assert!(emptied.patched(&[], &label.routes).is_none());
+    let same = tenant_config(dir.path(), &[("a.toml", &tenant("x.test", ""))]);
+    assert!(emptied.patched(&[], &same.routes).is_none());
+}
+
+/// Dead routes pile up only so far: past a fifth of the table (and more than a few), a patch
+/// declines and the caller builds anew.
+#[test]
+fn a_patch_declines_once_a_fifth_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, String)> = (0..20)
+        .map(|file| {
+            let routes = (0..100).map(|index| tenant(&format!("t{file}-{index}.test"), ""));
+            (format!("t{file:02}.toml"), routes.collect())
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let config = tenant_config(dir.path(), &files);
+    let mut table = RouteTable::new(&config, None);
+    let t0: Arc<Path> = dir.path().join("routes.d/t00.toml").into();
+    let t0_routes = &config.routes[..100];
+    // 100 dead routes more each time: 1,100 of 3,100 (over a fifth) on the eleventh.
+    for _ in 0..10 {
+        table = table
+            .patched(std::slice::from_ref(&t0), t0_routes)
+            .unwrap()
+            .table;
+    }
+    assert_eq!(lookup(&table, "t0-7.test", &[]).0, Some("t0-7.test"));
+    assert_eq!(table.routes().count(), 2000);
+    assert!(table
+        .patched(std::slice::from_ref(&t0), t0_routes)
+        .is_none());
+}
