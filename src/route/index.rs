@@ -1,9 +1,8 @@
 //! Names to routes for tables of millions: open addressing (linear probing) over `u32` route
-//! numbers, the names themselves kept once, in the table's text. A slot costs 4 bytes and a new
-//! index is at most two-thirds full, so an index costs 6 to 12 bytes per name; a patched one may
-//! fill to three-quarters. Lookup hashes the name once (SipHash with a per-table key: the names
-//! probed come from clients) and allocates nothing. Removal shifts the entries after it back,
-//! so no tombstones pile up.
+//! numbers, the names themselves kept once, in the table's text. A slot costs 4 bytes and an
+//! index is at most two-thirds full for the keys it was made for, so an index costs 6 to 12
+//! bytes per name. Lookup hashes the name once (SipHash with a per-table key: the names probed
+//! come from clients) and allocates nothing.
 
 use std::hash::{BuildHasher, RandomState};
 
@@ -11,7 +10,7 @@ use std::hash::{BuildHasher, RandomState};
 const EMPTY: u32 = u32::MAX;
 
 /// Keys (byte strings, held by the caller) to `u32` values, insert-only.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Index {
     slots: Box<[u32]>,
     /// Slots in use.
@@ -61,46 +60,10 @@ impl Index {
         }
     }
 
-    /// Whether `more` keys fit with the index at most three-quarters full.
+    /// Whether `more` keys fit with the index at most three-quarters full (an index is made
+    /// two-thirds full at most: a table built anew has room for what the config gave it).
     pub fn has_room(&self, more: usize) -> bool {
         (self.len + more) * 4 <= self.slots.len() * 3
-    }
-
-    /// Makes `key`'s value `value`, if `key` is there.
-    pub fn replace<'k>(&mut self, key: &[u8], value: u32, key_of: impl Fn(u32) -> &'k [u8]) {
-        if let Some(at) = self.slot(key, &key_of) {
-            self.slots[at] = value;
-        }
-    }
-
-    /// Takes `key` out, if it is there, moving back the entries probed past it.
-    pub fn remove<'k>(&mut self, key: &[u8], key_of: impl Fn(u32) -> &'k [u8]) {
-        let Some(mut hole) = self.slot(key, &key_of) else {
-            return;
-        };
-        let mask = self.slots.len() - 1;
-        self.slots[hole] = EMPTY;
-        self.len -= 1;
-        let mut at = hole;
-        loop {
-            at = (at + 1) & mask;
-            let value = self.slots[at];
-            if value == EMPTY {
-                return;
-            }
-            // An entry stays where it is if its home slot lies after the hole, up to it
-            // (cyclically); otherwise the hole breaks its probe, and it moves into the hole.
-            let home = self.start(key_of(value)) & mask;
-            let stays = match hole <= at {
-                true => hole < home && home <= at,
-                false => hole < home || home <= at,
-            };
-            if !stays {
-                self.slots[hole] = value;
-                self.slots[at] = EMPTY;
-                hole = at;
-            }
-        }
     }
 
     /// The slot holding `key`.
@@ -153,37 +116,5 @@ mod tests {
         }
         assert_eq!(index.get(b"t1000.test", key_of), None);
         assert_eq!(Index::with_capacity(0).get(b"a", key_of), None);
-    }
-
-    /// Removing keys in any order leaves every other one findable (the entries probed past a
-    /// removed one move back), in a small index where probes run long and wrap around.
-    #[test]
-    fn removal_keeps_the_others_findable() {
-        let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
-        let key_of = |value: u32| keys[value as usize].as_bytes();
-        for seed in 0..50u32 {
-            let mut index = Index::with_capacity(10);
-            assert!(index.has_room(12));
-            for value in 0..12 {
-                index.insert(key_of(value), value, key_of);
-            }
-            let mut gone = Vec::new();
-            for step in 0..12u32 {
-                let value = (step * 7 + seed) % 12;
-                if gone.contains(&value) {
-                    continue;
-                }
-                index.remove(key_of(value), key_of);
-                gone.push(value);
-                for other in 0..12 {
-                    let expected = (!gone.contains(&other)).then_some(other);
-                    assert_eq!(index.get(key_of(other), key_of), expected, "seed {seed}");
-                }
-            }
-        }
-        let mut index = Index::with_capacity(4);
-        index.insert(b"k1", 1, key_of);
-        index.replace(b"k1", 2, |_| b"k1");
-        assert_eq!(index.get(b"k1", |_| b"k1"), Some(2));
     }
 }

@@ -6,14 +6,16 @@
 //! any size costs the same per hello. SPEC "Matching".
 //!
 //! Compact, for tables of millions of tenants: every route's pattern (and its label, where it
-//! has its own) is written once into one text, a route is a 24-byte [`Entry`] of offsets and
-//! numbers, the indexes hold `u32`s ([`index`]), and routes with the same target share it, its
-//! backends' live state and their series. A route's own series are registered when it first
-//! sees a connection.
+//! has its own) is written once into one text; a route is an [`Entry`] of offsets and numbers
+//! (24 bytes) and its series (8: registered when it first sees a connection); the indexes of
+//! patterns and labels hold `u32`s ([`index`]); routes with the same target share it, its
+//! backends' live state and their series. A reload that changed a few tenant files patches a
+//! copy rather than building anew ([`patch`]).
 
 mod index;
 mod patch;
 mod pool;
+mod set;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,7 +35,7 @@ use crate::config::{Config, Route, Target};
 use crate::hello::Alpn;
 use crate::metrics::{RouteHandles, RouteMetrics, NO_ROUTE};
 use crate::name::{NamePattern, ServerName};
-use index::Index;
+use set::{Entry, Set, Written};
 
 /// No next route, or no `alpn` list.
 const NONE: u32 = u32::MAX;
@@ -47,54 +49,34 @@ pub type Footprint = [(&'static str, usize); 4];
 /// Routes by name, ready for lookup.
 #[derive(Debug)]
 pub struct RouteTable {
-    /// Each route's pattern (`a.example.com`, `*.example.com`; empty for `[default]`), followed
-    /// by its label where that is not the pattern itself.
-    text: String,
-    /// In file order, then `[default]`; a patched table's new routes after those.
-    routes: Vec<Entry>,
+    /// The routes a build made, in file order, then `[default]`: shared by the tables patched
+    /// from this one.
+    base: Arc<Set>,
+    /// The routes patches added since (few).
+    added: Set,
+    /// A bit per route of `base`: set where a patch took it out.
+    dead: Vec<u64>,
+    /// Bits set in `dead`.
+    dead_count: usize,
     /// The distinct targets, with their pools.
     targets: Vec<Shared>,
     /// The distinct `alpn` lists.
     alpn: Vec<AlpnList>,
-    /// Exact names, to the first route of the name.
-    exact: Index,
-    /// Wildcards' suffixes with their leading dot (`.tenants.example.com`), likewise.
-    wildcards: Index,
-    /// Labels, to their route: a patch refuses a label taken.
-    labels: Index,
-    /// Each tenant file's routes, as runs of route numbers.
-    files: HashMap<Arc<Path>, Vec<Range<u32>>>,
+    /// Each tenant file's routes, as runs of numbers in `base` and in `added`.
+    files: HashMap<Arc<Path>, Runs>,
     /// `[default]`'s route number; [`NONE`]: none.
     default: u32,
-    /// Routes a patch took out, left in place.
-    dead: usize,
     /// Whether the config has an `http` listener: targets get port-80 pools.
     serves_http: bool,
     /// The series of connections that match no route.
     unmatched: OnceBox<RouteHandles>,
 }
 
-/// One route, as offsets into the table's text and numbers of its other parts, and its series
-/// (registered on first use) beside them: a lookup touches one line of memory for both.
-#[derive(Debug)]
-struct Entry {
-    /// Where its pattern starts in the table's text.
-    text: u32,
-    /// Bytes of its own label after the pattern; 0: the pattern is its label.
-    label: u32,
-    /// Bytes of its pattern.
-    pattern: u16,
-    wildcard: bool,
-    /// Taken out by a patch: in no index, skipped by [`RouteTable::routes`].
-    dead: bool,
-    /// Its target, by index in `targets`.
-    target: u32,
-    /// Its `alpn` list, by index in `alpn`; [`NONE`]: none.
-    alpn: u32,
-    /// The next route with the same pattern (their order doesn't matter: routes of one pattern
-    /// never share a protocol); [`NONE`]: the last.
-    next: u32,
-    series: OnceBox<RouteHandles>,
+/// A tenant file's routes in a table: runs of numbers in its base and in its added set.
+#[derive(Debug, Clone, Default)]
+struct Runs {
+    base: Vec<Range<u32>>,
+    added: Vec<Range<u32>>,
 }
 
 /// A target and what it has beside its config: its pools' live state, and how many live routes
@@ -112,7 +94,7 @@ struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRef<'a> {
     table: &'a RouteTable,
-    index: u32,
+    number: u32,
 }
 
 /// The route a hello gets, and why.
@@ -164,156 +146,80 @@ impl RouteTable {
                 .count()
         };
         let all = config.routes.len() + usize::from(config.default.is_some());
+        let text = config.routes.iter().map(|route| route.name.len()).sum();
         let mut table = Self {
-            text: String::with_capacity(config.routes.iter().map(|route| route.name.len()).sum()),
-            routes: Vec::with_capacity(all),
+            base: Arc::new(Set::with_capacity(0, 0, 0, 0)),
+            added: Set::with_capacity(0, 0, 0, 0),
+            dead: Vec::new(),
+            dead_count: 0,
             targets: Vec::new(),
             alpn: Vec::new(),
-            exact: Index::with_capacity(count(false)),
-            wildcards: Index::with_capacity(count(true)),
-            labels: Index::with_capacity(all),
             files: HashMap::new(),
             default: NONE,
-            dead: 0,
             serves_http: config
                 .listeners
                 .iter()
                 .any(|listen| listen.protocol == crate::config::Protocol::Http),
             unmatched: OnceBox::new(),
         };
+        let mut base = Set::with_capacity(count(false), count(true), all, text);
         let mut adding = Adding::new(&table, previous);
-        for route in &config.routes {
-            // The config refused routes that tie or share a label, and the indexes have room.
-            let _ = table.add(route, &mut adding);
+        let mut pattern = String::new();
+        // The config refused routes that tie or share a label, and the indexes have room.
+        for route in config.routes.iter().chain(&config.default) {
+            let number = base.push(adding.written(route, &mut pattern, &mut table));
+            if let Some(file) = &route.file {
+                runs(
+                    &mut table.files.entry(file.clone()).or_default().base,
+                    number,
+                );
+            }
         }
-        if let Some(default) = &config.default {
-            let _ = table.add(default, &mut adding);
-            table.default = table.routes.len() as u32 - 1;
+        if config.default.is_some() {
+            table.default = base.len() as u32 - 1;
         }
+        table.dead = vec![0; base.len().div_ceil(64)];
+        table.base = Arc::new(base);
         table
     }
 
-    /// Adds `route` after the others: its text, its target (one of `adding`'s, or a new one with
-    /// the state of the pool of its label before), its `alpn` list, and its entries in the
-    /// indexes. `false`, with nothing added, where it would tie with a route of its pattern,
-    /// its label is taken, or an index is full.
-    fn add(&mut self, route: &Route, adding: &mut Adding<'_>) -> bool {
-        let start = self.text.len();
-        if let Some(pattern) = &route.sni {
-            use fmt::Write as _;
-            // A String's fmt::Write never fails.
-            let _ = write!(self.text, "{pattern}");
+    /// Route `number`: in the base set, or in the added set after it.
+    fn entry(&self, number: u32) -> &Entry {
+        match number.checked_sub(self.base.len() as u32) {
+            None => self.base.entry(number),
+            Some(added) => self.added.entry(added),
         }
-        let wildcard = matches!(route.sni, Some(NamePattern::Wildcard(_)));
-        let pattern = self.text.len() - start;
-        let label = match self.text[start..] == *route.name {
-            true => 0,
-            false => {
-                self.text.push_str(&route.name);
-                route.name.len()
-            }
-        };
-        let number = self.routes.len() as u32;
-        let entry = Entry {
-            // Offsets fit: a config is read into memory whole, and each pattern is at most 257
-            // bytes (a wildcard's `*.` and 255).
-            text: start as u32,
-            label: label as u32,
-            pattern: pattern as u16,
-            wildcard,
-            dead: false,
-            target: NONE,
-            alpn: NONE,
-            next: NONE,
-            series: OnceBox::new(),
-        };
-        let refused = |table: &mut Self| {
-            table.text.truncate(start);
-            false
-        };
-        // Room, no tie with a route of its pattern, and its label free.
-        let (text, routes) = (&self.text, &self.routes);
-        let key_of = |index: u32| match index == number {
-            true => key(text, &entry),
-            false => key(text, &routes[index as usize]),
-        };
-        let label_of = |index: u32| match index == number {
-            true => name(text, &entry).as_bytes(),
-            false => name(text, &routes[index as usize]).as_bytes(),
-        };
-        let index = match wildcard {
-            true => &self.wildcards,
-            false => &self.exact,
-        };
-        let first = match route.sni {
-            None => None,
-            Some(_) if !index.has_room(1) => return refused(self),
-            Some(_) => index.get(key(text, &entry), key_of),
-        };
-        let ties = self.chain(first).any(|other| {
-            let other = self.alpn_of(other);
-            match (route.alpn.is_empty(), other.is_empty()) {
-                (true, true) => true,
-                (false, false) => route.alpn.iter().any(|protocol| other.contains(protocol)),
-                _ => false,
-            }
-        });
-        if ties
-            || !self.labels.has_room(1)
-            || self
-                .labels
-                .get(name(text, &entry).as_bytes(), label_of)
-                .is_some()
-        {
-            return refused(self);
-        }
-
-        let mut entry = entry;
-        entry.target = adding.target(route, self);
-        entry.alpn = match route.alpn.is_empty() {
-            true => NONE,
-            false => adding.alpn(&route.alpn, self),
-        };
-        self.targets[entry.target as usize].routes += 1;
-        self.routes.push(entry);
-        let (text, routes) = (&self.text, &mut self.routes);
-        let key_of = |index: u32| key(text, &routes[index as usize]);
-        self.labels.insert(
-            name(text, &routes[number as usize]).as_bytes(),
-            number,
-            |index| name(text, &routes[index as usize]).as_bytes(),
-        );
-        if route.sni.is_some() {
-            let index = match wildcard {
-                true => &mut self.wildcards,
-                false => &mut self.exact,
-            };
-            if let Some(first) = index.insert(key(text, &routes[number as usize]), number, key_of) {
-                // Second in its chain: the order of a pattern's routes doesn't matter.
-                routes[number as usize].next = routes[first as usize].next;
-                routes[first as usize].next = number;
-            }
-        }
-        if let Some(file) = &route.file {
-            let runs = self.files.entry(file.clone()).or_default();
-            match runs.last_mut() {
-                Some(run) if run.end == number => run.end += 1,
-                _ => runs.push(number..number + 1),
-            }
-        }
-        true
     }
 
-    /// The routes of one pattern, from `first` on.
-    fn chain(&self, first: Option<u32>) -> impl Iterator<Item = u32> + '_ {
-        std::iter::successors(first, |&index| {
-            Some(self.routes[index as usize].next).filter(|&next| next != NONE)
-        })
+    fn is_dead(&self, number: u32) -> bool {
+        (number as usize) < self.base.len()
+            && self.dead[number as usize / 64] & (1 << (number % 64)) != 0
+    }
+
+    /// The live routes of a pattern (by its key: an exact name, or a wildcard's suffix with its
+    /// dot), in both sets.
+    fn pattern<'a>(&'a self, wildcard: bool, key: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+        let offset = self.base.len() as u32;
+        (self.base.pattern(wildcard, key))
+            .filter(|&number| !self.is_dead(number))
+            .chain(
+                self.added
+                    .pattern(wildcard, key)
+                    .map(move |added| offset + added),
+            )
+    }
+
+    /// The live route labelled `label`, in either set.
+    fn labelled(&self, label: &str) -> Option<u32> {
+        match self.base.labelled(label) {
+            Some(number) if !self.is_dead(number) => Some(number),
+            _ => (self.added.labelled(label)).map(|added| self.base.len() as u32 + added),
+        }
     }
 
     /// A route's `alpn` list; empty: none.
-    fn alpn_of(&self, index: u32) -> &[Box<[u8]>] {
-        match self.routes[index as usize].alpn {
+    fn alpn_of(&self, number: u32) -> &[Box<[u8]>] {
+        match self.entry(number).alpn {
             NONE => &[],
             alpn => &self.alpn[alpn as usize],
         }
@@ -328,46 +234,42 @@ impl RouteTable {
             return self.fallback(Reason::NoServerName);
         };
         let name = name.as_str();
-        let key_of = |index: u32| key(&self.text, &self.routes[index as usize]);
-        if let Some(first) = self.exact.get(name.as_bytes(), key_of) {
-            if let Some((index, protocol)) = self.pick(first, offer) {
-                return self.decision(index, Reason::Exact { protocol });
-            }
+        if let Some((number, protocol)) = self.pick(false, name.as_bytes(), offer) {
+            return self.decision(number, Reason::Exact { protocol });
         }
-        if !self.wildcards.is_empty() {
+        if self.base.has_wildcards() || self.added.has_wildcards() {
             // Longest suffix first: cut the name after each of its dots, left to right.
             for (dot, _) in name.match_indices('.').filter(|&(dot, _)| dot > 0) {
-                if let Some(first) = self.wildcards.get(&name.as_bytes()[dot..], key_of) {
-                    if let Some((index, protocol)) = self.pick(first, offer) {
-                        return self.decision(index, Reason::Wildcard { protocol });
-                    }
+                if let Some((number, protocol)) = self.pick(true, &name.as_bytes()[dot..], offer) {
+                    return self.decision(number, Reason::Wildcard { protocol });
                 }
             }
         }
         self.fallback(Reason::NoMatch)
     }
 
-    /// The route among those of one pattern (from `first` on) for `offer`, and the protocol
-    /// (from the route's own list, so the decision borrows only the table) that made it match.
-    fn pick(&self, first: u32, offer: &Alpn) -> Option<(u32, Option<&[u8]>)> {
+    /// The route of a pattern (by its key) for `offer`, and the protocol (from the route's own
+    /// list, so the decision borrows only the table) that made it match.
+    fn pick(&self, wildcard: bool, key: &[u8], offer: &Alpn) -> Option<(u32, Option<&[u8]>)> {
         for protocol in offer.iter() {
-            for index in self.chain(Some(first)) {
-                if let Some(accepted) = self
-                    .alpn_of(index)
-                    .iter()
-                    .find(|accepted| ***accepted == *protocol)
+            for number in self.pattern(wildcard, key) {
+                if let Some(accepted) =
+                    (self.alpn_of(number).iter()).find(|accepted| ***accepted == *protocol)
                 {
-                    return Some((index, Some(&**accepted)));
+                    return Some((number, Some(&**accepted)));
                 }
             }
         }
-        self.chain(Some(first))
-            .find(|&index| self.routes[index as usize].alpn == NONE)
-            .map(|index| (index, None))
+        self.pattern(wildcard, key)
+            .find(|&number| self.entry(number).alpn == NONE)
+            .map(|number| (number, None))
     }
 
-    fn decision<'a>(&'a self, index: u32, reason: Reason<'a>) -> Decision<'a> {
-        let route = RouteRef { table: self, index };
+    fn decision<'a>(&'a self, number: u32, reason: Reason<'a>) -> Decision<'a> {
+        let route = RouteRef {
+            table: self,
+            number,
+        };
         let shared = route.shared();
         Decision {
             route: Some(route),
@@ -405,44 +307,35 @@ impl RouteTable {
             .flat_map(|shared| std::iter::once(&shared.pool).chain(shared.http.as_ref()))
     }
 
-    /// Every route: in file order, then `[default]`, then the routes a patch added.
+    /// Every route: in file order, then `[default]`, then the routes patches added.
     pub fn routes(&self) -> impl Iterator<Item = RouteRef<'_>> {
-        (0..self.routes.len() as u32)
-            .filter(|&index| !self.routes[index as usize].dead)
-            .map(|index| RouteRef { table: self, index })
+        (0..(self.base.len() + self.added.len()) as u32)
+            .filter(|&number| !self.is_dead(number))
+            .map(|number| RouteRef {
+                table: self,
+                number,
+            })
     }
 
     /// Bytes the table holds, by part: its text, its routes, its indexes, and the rest (targets,
     /// `alpn` lists).
     pub fn footprint(&self) -> Footprint {
+        let [text, routes, indexes] = self.base.bytes();
+        let alpn: usize = self.alpn.iter().map(|list| list.len() * 16).sum();
         [
-            ("text", self.text.capacity()),
-            ("routes", self.routes.capacity() * size_of::<Entry>()),
-            (
-                "indexes",
-                self.exact.bytes() + self.wildcards.bytes() + self.labels.bytes(),
-            ),
-            (
-                "targets",
-                self.targets.len() * size_of::<Shared>()
-                    + self.alpn.iter().map(|list| list.len() * 16).sum::<usize>(),
-            ),
+            ("text", text),
+            ("routes", routes + self.dead.len() * 8),
+            ("indexes", indexes),
+            ("targets", self.targets.len() * size_of::<Shared>() + alpn),
         ]
     }
 }
 
-/// The name a route is indexed under: an exact name, or a wildcard's suffix with its dot.
-fn key<'t>(text: &'t str, entry: &Entry) -> &'t [u8] {
-    let start = entry.text as usize + usize::from(entry.wildcard);
-    &text.as_bytes()[start..entry.text as usize + usize::from(entry.pattern)]
-}
-
-/// A route's label: its own, or its pattern.
-fn name<'t>(text: &'t str, entry: &Entry) -> &'t str {
-    let (start, pattern) = (entry.text as usize, usize::from(entry.pattern));
-    match entry.label {
-        0 => &text[start..start + pattern],
-        label => &text[start + pattern..start + pattern + label as usize],
+/// Adds `number` to `runs`: to the last run, where it follows it.
+fn runs(runs: &mut Vec<Range<u32>>, number: u32) {
+    match runs.last_mut() {
+        Some(run) if run.end == number => run.end += 1,
+        _ => runs.push(number..number + 1),
     }
 }
 
@@ -498,6 +391,33 @@ impl<'p> Adding<'p> {
             })
     }
 
+    /// `route` as a set enters it, its pattern written into `pattern`, its target and `alpn`
+    /// list (counted as having one more route) entered in `table` if new there.
+    fn written<'r>(
+        &mut self,
+        route: &'r Route,
+        pattern: &'r mut String,
+        table: &mut RouteTable,
+    ) -> Written<'r> {
+        pattern.clear();
+        if let Some(sni) = &route.sni {
+            use fmt::Write as _;
+            // A String's fmt::Write never fails.
+            let _ = write!(pattern, "{sni}");
+        }
+        let target = self.target(route, table);
+        table.targets[target as usize].routes += 1;
+        Written {
+            pattern,
+            label: &route.name,
+            target,
+            alpn: match route.alpn.is_empty() {
+                true => NONE,
+                false => self.alpn(&route.alpn, table),
+            },
+        }
+    }
+
     /// The number of `list` among `table`'s `alpn` lists, entered now if it is new there.
     fn alpn(&mut self, list: &[Box<[u8]>], table: &mut RouteTable) -> u32 {
         if let Some(&index) = self.alpn_of.get(list) {
@@ -515,7 +435,10 @@ impl<'a> RouteRef<'a> {
     /// Its label in logs and metrics: `name`, or the sni pattern plus `/alpn,list` when it has
     /// one; `default` for `[default]`.
     pub fn name(&self) -> &'a str {
-        name(&self.table.text, self.entry())
+        match self.number.checked_sub(self.table.base.len() as u32) {
+            None => self.table.base.name(self.number),
+            Some(added) => self.table.added.name(added),
+        }
     }
 
     /// Where it sends its traffic, and how.
@@ -525,26 +448,22 @@ impl<'a> RouteRef<'a> {
 
     /// Its `alpn` list; empty: no condition.
     pub fn alpn(&self) -> &'a [Box<[u8]>] {
-        self.table.alpn_of(self.index)
+        self.table.alpn_of(self.number)
     }
 
     /// Its place in the config a table was made from (not patched): the index in
     /// `Config::routes`, which for `[default]` is their number.
     pub fn index(&self) -> usize {
-        self.index as usize
+        self.number as usize
     }
 
     /// Its series.
     pub fn metrics(&self) -> RouteMetrics<'a> {
-        RouteMetrics::new(self.name(), &self.entry().series)
-    }
-
-    fn entry(&self) -> &'a Entry {
-        &self.table.routes[self.index as usize]
+        RouteMetrics::new(self.name(), &self.table.entry(self.number).series)
     }
 
     fn shared(&self) -> &'a Shared {
-        &self.table.targets[self.entry().target as usize]
+        &self.table.targets[self.table.entry(self.number).target as usize]
     }
 }
 

@@ -1,22 +1,27 @@
 //! A table made from another by taking out some tenant files' routes and adding routes read
-//! again: a reload that changed one tenant file among a million routes copies the table's flat
-//! arrays and touches only that file's routes, rather than building a million entries anew.
+//! again: a reload that changed one tenant file among a million routes touches that file's
+//! routes only.
 //!
-//! Routes taken out stay in place, dead, and their text with them: once they are more than
-//! [`MIN_DEAD`] and a fifth of the table (or an index is three-quarters full),
-//! [`RouteTable::patched`] declines and the caller builds anew, which compacts.
+//! A table is a base set of routes, shared (`Arc`) by every table patched from it, a bit per
+//! base route that a patch took out, and a small set of the routes patches added, made anew by
+//! each patch. A patch copies the bits (16 KB per 128,000 routes) and the added set, never the
+//! base. Once the routes taken out are more than [`MIN_CHANGED`] and a fifth of the base, or
+//! the added ones more than a quarter, [`RouteTable::patched`] declines and the caller builds
+//! anew.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use once_cell::race::OnceBox;
 
-use super::{key, name, Adding, Entry, RouteTable, NONE};
+use super::set::Set;
+use super::{Adding, RouteTable};
 use crate::config::Route;
 
-/// Dead routes a table may always hold: building anew a table this small is quick anyway.
-const MIN_DEAD: usize = 1024;
+/// Routes taken out or added that a table always allows: building anew one this small is quick
+/// anyway.
+const MIN_CHANGED: usize = 1024;
 
 /// A patched table, and how many route labels came and went, for the reload's log line.
 #[derive(Debug)]
@@ -31,102 +36,97 @@ pub struct Patched {
 
 impl RouteTable {
     /// This table without the routes of the tenant files `removed` and with `routes` (tenant
-    /// files' routes) after the others. `None` where one of `routes` would tie with a route
-    /// kept or take its label (the caller loads the whole config, which names the fault), or
-    /// where building anew is due. Pools of targets kept are kept; a new target's pool keeps
-    /// the state of this table's pool of its label.
+    /// files' routes). `None` where one of `routes` would tie with a route kept or take its
+    /// label (the caller loads the whole config, which names the fault), or where building
+    /// anew is due. Pools of targets kept are kept; a new target's pool keeps the state of this
+    /// table's pool of its label.
     pub fn patched(&self, removed: &[Arc<Path>], routes: &[Route]) -> Option<Patched> {
+        let mut files = self.files.clone();
+        let (mut dead, mut dead_count) = (self.dead.clone(), self.dead_count);
+        let mut targets = self.targets.clone();
+        let mut gone_added = vec![false; self.added.len()];
+        let mut gone: HashSet<&str> = HashSet::new();
+        for file in removed {
+            let Some(runs) = files.remove(file) else {
+                continue;
+            };
+            for number in runs.base.into_iter().flatten() {
+                dead[number as usize / 64] |= 1 << (number % 64);
+                dead_count += 1;
+                targets[self.base.entry(number).target as usize].routes -= 1;
+                gone.insert(self.base.name(number));
+            }
+            for number in runs.added.into_iter().flatten() {
+                gone_added[number as usize] = true;
+                targets[self.added.entry(number).target as usize].routes -= 1;
+                gone.insert(self.added.name(number));
+            }
+        }
+        let all = gone_added.iter().filter(|gone| !**gone).count() + routes.len();
+        let base = self.base.len();
+        if (dead_count > MIN_CHANGED && dead_count * 5 > base) || all > MIN_CHANGED.max(base / 4) {
+            return None;
+        }
+        let text = routes
+            .iter()
+            .map(|route| 2 * route.name.len() + 2)
+            .sum::<usize>();
         let mut table = Self {
-            text: self.text.clone(),
-            routes: self.routes.iter().map(Entry::unregistered).collect(),
-            targets: self.targets.clone(),
+            base: self.base.clone(),
+            added: Set::with_capacity(all, all, all, text),
+            dead,
+            dead_count,
+            targets,
             alpn: self.alpn.clone(),
-            exact: self.exact.clone(),
-            wildcards: self.wildcards.clone(),
-            labels: self.labels.clone(),
-            files: self.files.clone(),
+            files: HashMap::new(),
             default: self.default,
-            dead: self.dead,
             serves_http: self.serves_http,
             unmatched: OnceBox::new(),
         };
-        let mut gone: HashSet<&str> = HashSet::new();
-        for file in removed {
-            for run in table.files.remove(file).unwrap_or_default() {
-                for number in run {
-                    gone.insert(name(&self.text, &self.routes[number as usize]));
-                    table.take_out(number);
-                }
+        // The added routes kept, entered again, their files' runs numbered anew.
+        for (file, mut runs) in files {
+            let mut added = Vec::new();
+            for number in runs.added.into_iter().flatten() {
+                let number = table.added.push(self.added.written(number));
+                super::runs(&mut added, number);
             }
+            runs.added = added;
+            table.files.insert(file, runs);
         }
         let mut adding = Adding::new(&table, Some(self));
-        let first = table.routes.len();
+        let mut pattern = String::new();
+        let first = table.added.len();
         for route in routes {
-            if !table.add(route, &mut adding) {
+            let written = adding.written(route, &mut pattern, &mut table);
+            let wildcard = written.pattern.starts_with("*.");
+            let key = &written.pattern.as_bytes()[usize::from(wildcard)..];
+            let ties = table.pattern(wildcard, key).any(|other| {
+                let other = table.alpn_of(other);
+                match (route.alpn.is_empty(), other.is_empty()) {
+                    (true, true) => true,
+                    (false, false) => route.alpn.iter().any(|protocol| other.contains(protocol)),
+                    _ => false,
+                }
+            });
+            if ties || table.labelled(written.label).is_some() || !table.added.has_room(wildcard) {
                 return None;
             }
+            let number = table.added.push(written);
+            if let Some(file) = &route.file {
+                let runs = &mut table.files.entry(file.clone()).or_default().added;
+                super::runs(runs, number);
+            }
         }
-        if table.dead > MIN_DEAD && table.dead * 5 > table.routes.len() {
-            return None;
-        }
-        let came: HashSet<&str> = table.routes[first..]
-            .iter()
-            .map(|entry| name(&table.text, entry))
+        let came: HashSet<&str> = (first..table.added.len())
+            .map(|number| table.added.name(number as u32))
             .collect();
         let added = came.iter().filter(|label| !gone.contains(*label)).count();
         let removed = gone.iter().filter(|label| !came.contains(*label)).count();
+        drop(came);
         Some(Patched {
             added,
             removed,
             table,
         })
-    }
-
-    /// Takes route `number` out of its pattern's chain and the indexes, and counts it off its
-    /// target; its entry stays, dead.
-    fn take_out(&mut self, number: u32) {
-        let (text, routes) = (&self.text, &mut self.routes);
-        let entry = &routes[number as usize];
-        let (next, target) = (entry.next, entry.target);
-        let (pattern, label) = (key(text, entry), name(text, entry).as_bytes());
-        let index = match entry.wildcard {
-            true => &mut self.wildcards,
-            false => &mut self.exact,
-        };
-        let key_of = |index: u32| key(text, &routes[index as usize]);
-        let before = match index.get(pattern, key_of) {
-            Some(first) if first == number => {
-                match next {
-                    NONE => index.remove(pattern, key_of),
-                    next => index.replace(pattern, next, key_of),
-                }
-                None
-            }
-            first => std::iter::successors(first, |&at| {
-                Some(routes[at as usize].next).filter(|&at| at != NONE)
-            })
-            .find(|&at| routes[at as usize].next == number),
-        };
-        self.labels.remove(label, |index| {
-            name(text, &routes[index as usize]).as_bytes()
-        });
-        if let Some(before) = before {
-            routes[before as usize].next = next;
-        }
-        let entry = &mut routes[number as usize];
-        entry.dead = true;
-        entry.next = NONE;
-        self.targets[target as usize].routes -= 1;
-        self.dead += 1;
-    }
-}
-
-impl Entry {
-    /// A copy for another table, its series not registered there yet.
-    fn unregistered(&self) -> Self {
-        Self {
-            series: OnceBox::new(),
-            ..*self
-        }
     }
 }
