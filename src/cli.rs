@@ -341,14 +341,15 @@ fn check(path: &Path) -> anyhow::Result<()> {
 
 /// `check`'s cells for `route`: line, name, sni, alpn, backend, tls. What routes share (a file's
 /// name, a target's backends and TLS mode) is written once per file and target, in `shown`.
-fn route_cells<'r>(route: &'r Route, cells: &mut [String; 6], shown: &mut Shown<'r>) {
+fn route_cells(route: &Route, cells: &mut [String; 6], shown: &mut Shown) {
     for cell in cells.iter_mut() {
         cell.clear();
     }
     if let Some(file) = &route.file {
+        // By pointer: the routes of one file share its path, and hashing a path is slow.
         let file = shown
             .files
-            .entry(&**file)
+            .entry(Arc::as_ptr(file))
             .or_insert_with(|| file.display().to_string());
         cells[0].push_str(file);
         cells[0].push(':');
@@ -371,8 +372,8 @@ fn route_cells<'r>(route: &'r Route, cells: &mut [String; 6], shown: &mut Shown<
 
 /// What [`route_cells`] has written for files and targets already.
 #[derive(Default)]
-struct Shown<'r> {
-    files: HashMap<&'r Path, String>,
+struct Shown {
+    files: HashMap<*const Path, String>,
     targets: HashMap<*const config::Target, (String, String)>,
 }
 

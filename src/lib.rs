@@ -16,12 +16,15 @@
 //! quic/           Initial packets: headers, keys (rustls), frames, CRYPTO
 //!                 reassembly into the ClientHello; no sockets                → hello
 //! config/         routes.toml: raw serde mirror → listen, limits, route,
-//!                 pool (backend/backends, balance, health)                   → name, terminate
+//!                 pool (backend/backends, balance, health); include (tenant
+//!                 files, on every core), reload (which ones changed)         → name, terminate
 //! outcome         Outcome, Side: how a connection ended                      → –
 //! log             the log's writer thread: batched, bounded, never blocks    → –
 //! metrics         series names, descriptions, per-route handles              → outcome, log
-//! route/          RouteTable::lookup(sni, alpn) -> Decision; pool: members,
-//!                 balancers, health and ejection state (time passed in)      → config, hello, name, metrics
+//! route/          RouteTable::lookup(sni, alpn) -> Decision; set, index (the
+//!                 compact routes), patch (a reload of a few tenant files);
+//!                 pool: members, balancers, health and ejection state (time
+//!                 passed in)                                                 → config, hello, name, metrics
 //! proxy_protocol  PROXY v1/v2 decode and encode, CIDR ranges                 → –
 //! terminate       PEM loading, rustls configs per terminate route            → –
 //! proxy/          context, accept, connection (sniff → connect (failover) →

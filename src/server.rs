@@ -70,7 +70,8 @@ pub struct Server {
     /// Changes to the config file, watched from `bind` on so that none is missed.
     file_changes: mpsc::Receiver<()>,
     watch: Option<ConfigWatch>,
-    /// What the last full load read, for a reload that reads only the tenant files changed.
+    /// What the last load read (all of it, or the tenant files that changed), for a reload that
+    /// reads only the tenant files changed since.
     loaded: config::Loaded,
     /// The listeners as the last full load gave them: routes read again are checked for loops
     /// through them.

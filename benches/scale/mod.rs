@@ -375,13 +375,21 @@ fn lookup_ns(config: &Path, size: usize) -> anyhow::Result<(f64, f64, Footprint)
         .map(|index| sniroute::name::ServerName::parse(name(index * 7919 % size).as_bytes()))
         .collect::<Result<_, _>>()?;
     let offer = Alpn::default();
+    // The median of 5 tries of 100 rounds: on a VM the first pass over fresh memory, or one
+    // after another process's churn, can take several times as long.
     let rounds = 100;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        for name in &names {
-            std::hint::black_box(table.lookup(Some(std::hint::black_box(name)), &offer));
-        }
-    }
-    let ns = start.elapsed().as_secs_f64() * 1e9 / (rounds * names.len()) as f64;
+    let mut tries: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..rounds {
+                for name in &names {
+                    std::hint::black_box(table.lookup(Some(std::hint::black_box(name)), &offer));
+                }
+            }
+            start.elapsed().as_secs_f64() * 1e9 / (rounds * names.len()) as f64
+        })
+        .collect();
+    tries.sort_by(f64::total_cmp);
+    let ns = tries[2];
     Ok((ns, build, table.footprint()))
 }

@@ -10,7 +10,7 @@
 //! everything as at start-up, whenever the quick way could differ from a full load: routes.toml
 //! changed; a file fails to read or parse; a route reads other files (a terminate route's PEMs,
 //! a TLS health check's CA: they may have been rotated); or more than a quarter of the files
-//! changed.
+//! (and more than 16) changed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;

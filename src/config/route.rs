@@ -162,7 +162,7 @@ impl Reading {
         raw: RawTargetRef<'_>,
         sni: Option<&NamePattern>,
     ) -> Result<Arc<Target>, ConfigError> {
-        let Some(shared) = Self::key(&raw, sni) else {
+        let Some(shared) = Self::key(source, &raw, sni) else {
             return target(source, key, table, raw, sni, self.quic);
         };
         if let Some(known) = self.targets.get(shared.as_str()) {
@@ -173,10 +173,14 @@ impl Reading {
         Ok(target)
     }
 
-    /// What makes two routes' targets the same: every key of it, as written, and the route's
-    /// name where a health check sends it. `None` for a terminate route, which reads files
+    /// What makes two routes' targets the same: every key of it, as written (a CA's path as
+    /// found), and the route's name where a TLS check sends it. `None` for a terminate route, which reads files
     /// (shared by no other route).
-    fn key(raw: &RawTargetRef<'_>, sni: Option<&NamePattern>) -> Option<String> {
+    fn key(
+        source: Source<'_>,
+        raw: &RawTargetRef<'_>,
+        sni: Option<&NamePattern>,
+    ) -> Option<String> {
         if raw.terminate.is_some() || raw.backend_tls.is_some() {
             return None;
         }
@@ -204,11 +208,17 @@ impl Reading {
                 &health.interval,
                 &health.timeout,
                 &health.server_name,
-                &health.ca,
             ] {
                 put(&mut key, text(value));
             }
-            if health.server_name.is_none() {
+            // As found: a relative path is taken from the directory of the file that names it.
+            let ca = health.ca.as_ref().map(|ca| source.relative_path(ca));
+            put(
+                &mut key,
+                ca.as_ref().map(|ca| ca.to_string_lossy()).as_deref(),
+            );
+            // A TLS check without `server_name` offers the route's own name.
+            if text(&health.check) == Some("tls") && health.server_name.is_none() {
                 put(&mut key, sni.map(ToString::to_string).as_deref());
             }
         }
@@ -512,15 +522,28 @@ pub(super) fn default_from_raw(
 /// Refuses two routes that could match the same ClientHello equally well (same pattern, and
 /// either both without `alpn` or with a protocol in common), and two routes with one name,
 /// across routes.toml (`main`) and its tenant files. Reported at the later route, naming the
-/// earlier. One hash lookup per route.
+/// earlier. One hash lookup per route. Also refuses routes whose names and patterns pass what
+/// the route table's offsets reach (4 GiB).
 pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigError> {
     // The first route of each pattern, and after each route the next with its pattern.
     let mut by_pattern: HashMap<&NamePattern, usize> = HashMap::with_capacity(routes.len());
     let mut next: Vec<Option<usize>> = vec![None; routes.len()];
     let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(routes.len());
+    let mut text = 0;
     for (at, route) in routes.iter().enumerate() {
         let Some(pattern) = &route.sni else { continue };
         let file = route.file.as_deref().unwrap_or(main);
+        // The route table keeps every pattern and name in one text of 32-bit offsets.
+        text += route.name.len()
+            + match pattern {
+                NamePattern::Exact(name) => name.as_str().len(),
+                NamePattern::Wildcard(suffix) => suffix.len() + 1,
+            };
+        if text > u32::MAX as usize {
+            let key = format!("route[{}].name", route.written.index);
+            let message = "the routes' names and patterns pass 4 GiB in all";
+            return Err(ConfigError::at(file, route.written.name, key, message));
+        }
         let earlier_is = |earlier: usize| {
             let other = &routes[earlier];
             let index = other.written.index;

@@ -344,7 +344,14 @@ fn routes_that_write_one_target_share_it() {
     let same = |a: usize, b: usize| Arc::ptr_eq(&config.routes[a].target, &config.routes[b].target);
     assert!(same(0, 1));
     assert!(!same(0, 2));
-    assert!(!same(3, 4), "each health check sends its own route's name");
+    assert!(!same(3, 4), "each TLS check offers its own route's name");
+    let tcp = parse(&format!(
+        "{LISTEN}{}{}",
+        route("f.test", "health = { check = \"tcp\" }"),
+        route("g.test", "health = { check = \"tcp\" }"),
+    ))
+    .unwrap();
+    assert!(Arc::ptr_eq(&tcp.routes[0].target, &tcp.routes[1].target));
 
     // Enough tenant files for every core to read some; the first fault in file order wins.
     let dir = tempfile::tempdir().unwrap();

@@ -192,21 +192,27 @@ impl RouteTable {
     }
 
     fn is_dead(&self, number: u32) -> bool {
-        (number as usize) < self.base.len()
+        self.dead_count > 0
+            && (number as usize) < self.base.len()
             && self.dead[number as usize / 64] & (1 << (number % 64)) != 0
     }
 
-    /// The live routes of a pattern (by its key: an exact name, or a wildcard's suffix with its
-    /// dot), in both sets.
-    fn pattern<'a>(&'a self, wildcard: bool, key: &'a [u8]) -> impl Iterator<Item = u32> + 'a {
+    /// The first routes of a pattern (by its key: an exact name, or a wildcard's suffix with
+    /// its dot) in the base and the added set: one hash of the key each.
+    fn heads(&self, wildcard: bool, key: &[u8]) -> [Option<u32>; 2] {
+        let added = match self.added.len() {
+            0 => None,
+            _ => self.added.first(wildcard, key),
+        };
+        [self.base.first(wildcard, key), added]
+    }
+
+    /// The live routes of a pattern, from its `heads`.
+    fn pattern(&self, [base, added]: [Option<u32>; 2]) -> impl Iterator<Item = u32> + '_ {
         let offset = self.base.len() as u32;
-        (self.base.pattern(wildcard, key))
+        (self.base.chain(base))
             .filter(|&number| !self.is_dead(number))
-            .chain(
-                self.added
-                    .pattern(wildcard, key)
-                    .map(move |added| offset + added),
-            )
+            .chain(self.added.chain(added).map(move |added| offset + added))
     }
 
     /// The live route labelled `label`, in either set.
@@ -251,8 +257,12 @@ impl RouteTable {
     /// The route of a pattern (by its key) for `offer`, and the protocol (from the route's own
     /// list, so the decision borrows only the table) that made it match.
     fn pick(&self, wildcard: bool, key: &[u8], offer: &Alpn) -> Option<(u32, Option<&[u8]>)> {
+        let heads = self.heads(wildcard, key);
+        if heads == [None, None] {
+            return None;
+        }
         for protocol in offer.iter() {
-            for number in self.pattern(wildcard, key) {
+            for number in self.pattern(heads) {
                 if let Some(accepted) =
                     (self.alpn_of(number).iter()).find(|accepted| ***accepted == *protocol)
                 {
@@ -260,7 +270,7 @@ impl RouteTable {
                 }
             }
         }
-        self.pattern(wildcard, key)
+        self.pattern(heads)
             .find(|&number| self.entry(number).alpn == NONE)
             .map(|number| (number, None))
     }
@@ -317,8 +327,8 @@ impl RouteTable {
             })
     }
 
-    /// Bytes the table holds, by part: its text, its routes, its indexes, and the rest (targets,
-    /// `alpn` lists).
+    /// Bytes the table's base set holds, by part: its text, its routes (with the bits marking
+    /// those taken out), its indexes, and its targets and `alpn` lists.
     pub fn footprint(&self) -> Footprint {
         let [text, routes, indexes] = self.base.bytes();
         let alpn: usize = self.alpn.iter().map(|list| list.len() * 16).sum();
@@ -356,9 +366,11 @@ impl<'p> Adding<'p> {
             alpn_of: (table.alpn.iter().enumerate())
                 .map(|(index, list)| (list.clone(), index as u32))
                 .collect(),
+            // Only pools some route had: a patch keeps the others, out of service.
             before: before
                 .iter()
                 .flat_map(|table| &table.targets)
+                .filter(|shared| shared.routes > 0)
                 .map(|shared| (shared.pool.route(), shared))
                 .collect(),
         }

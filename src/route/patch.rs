@@ -5,9 +5,9 @@
 //! A table is a base set of routes, shared (`Arc`) by every table patched from it, a bit per
 //! base route that a patch took out, and a small set of the routes patches added, made anew by
 //! each patch. A patch copies the bits (16 KB per 128,000 routes) and the added set, never the
-//! base. Once the routes taken out are more than [`MIN_CHANGED`] and a fifth of the base, or
-//! the added ones more than a quarter, [`RouteTable::patched`] declines and the caller builds
-//! anew.
+//! base. Once the routes taken out are more than [`MIN_CHANGED`] and a fifth of the base, the
+//! added ones more than a quarter, or the targets no route has any more more than a quarter of
+//! them, [`RouteTable::patched`] declines and the caller builds anew.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -100,7 +100,7 @@ impl RouteTable {
             let written = adding.written(route, &mut pattern, &mut table);
             let wildcard = written.pattern.starts_with("*.");
             let key = &written.pattern.as_bytes()[usize::from(wildcard)..];
-            let ties = table.pattern(wildcard, key).any(|other| {
+            let ties = table.pattern(table.heads(wildcard, key)).any(|other| {
                 let other = table.alpn_of(other);
                 match (route.alpn.is_empty(), other.is_empty()) {
                     (true, true) => true,
@@ -116,6 +116,15 @@ impl RouteTable {
                 let runs = &mut table.files.entry(file.clone()).or_default().added;
                 super::runs(runs, number);
             }
+        }
+        // Targets no route has any more (kept, so that numbers stay put): only so many.
+        let unused = table
+            .targets
+            .iter()
+            .filter(|shared| shared.routes == 0)
+            .count();
+        if unused > MIN_CHANGED && unused * 4 > table.targets.len() {
+            return None;
         }
         let came: HashSet<&str> = (first..table.added.len())
             .map(|number| table.added.name(number as u32))

@@ -93,14 +93,18 @@ impl Set {
         name(&self.text, self.entry(number))
     }
 
-    /// The routes of the pattern whose key (an exact name, or a wildcard's suffix with its dot)
-    /// is `key`.
-    pub fn pattern(&self, wildcard: bool, key: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    /// The first route of the pattern whose key (an exact name, or a wildcard's suffix with its
+    /// dot) is `key`.
+    pub fn first(&self, wildcard: bool, key: &[u8]) -> Option<u32> {
         let index = match wildcard {
             true => &self.wildcards,
             false => &self.exact,
         };
-        let first = index.get(key, |number| self.key(number));
+        index.get(key, |number| self.key(number))
+    }
+
+    /// The routes of a pattern, from its `first`.
+    pub fn chain(&self, first: Option<u32>) -> impl Iterator<Item = u32> + '_ {
         std::iter::successors(first, |&number| {
             Some(self.entry(number).next).filter(|&next| next != NONE)
         })
@@ -140,8 +144,8 @@ impl Set {
         };
         let number = self.entries.len() as u32;
         self.entries.push(Entry {
-            // Offsets fit: a config is read into memory whole, and each pattern is at most 257
-            // bytes (a wildcard's `*.` and 255).
+            // Offsets fit: the config refuses routes whose names and patterns pass 4 GiB, and
+            // a pattern is at most 257 bytes (a wildcard's `*.` and 255).
             text: start as u32,
             label: label as u32,
             pattern: route.pattern.len() as u16,
