@@ -522,28 +522,88 @@ pub(super) fn default_from_raw(
 /// Refuses two routes that could match the same ClientHello equally well (same pattern, and
 /// either both without `alpn` or with a protocol in common), and two routes with one name,
 /// across routes.toml (`main`) and its tenant files. Reported at the later route, naming the
-/// earlier. One hash lookup per route. Also refuses routes whose names and patterns pass what
-/// the route table's offsets reach (4 GiB).
+/// earlier; the first fault in file order. One hash lookup per route, on every core: each
+/// thread takes the patterns and names of one share of the hashes. Also refuses routes whose
+/// names and patterns pass what the route table's offsets reach (4 GiB).
 pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigError> {
-    // The first route of each pattern, and after each route the next with its pattern.
-    let mut by_pattern: HashMap<&NamePattern, usize> = HashMap::with_capacity(routes.len());
-    let mut next: Vec<Option<usize>> = vec![None; routes.len()];
-    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(routes.len());
+    // Where the route table's text would pass 4 GiB, if anywhere.
     let mut text = 0;
+    let too_much = routes.iter().position(|route| {
+        text += route.name.len()
+            + match &route.sni {
+                Some(NamePattern::Exact(name)) => name.as_str().len(),
+                Some(NamePattern::Wildcard(suffix)) => suffix.len() + 1,
+                None => 0,
+            };
+        text > u32::MAX as usize
+    });
+    let too_much = too_much.map(|at| {
+        let route = &routes[at];
+        let file = route.file.as_deref().unwrap_or(main);
+        let key = format!("route[{}].name", route.written.index);
+        let message = "the routes' names and patterns pass 4 GiB in all";
+        (
+            at,
+            0,
+            ConfigError::at(file, route.written.name, key, message),
+        )
+    });
+    let shares = match routes.len() {
+        0..10_000 => 1,
+        _ => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(8),
+    };
+    let faults: Vec<Option<Fault>> = match shares {
+        1 => vec![check_share(main, routes, 0, 1)],
+        _ => std::thread::scope(|scope| {
+            let started: Vec<_> = (0..shares)
+                .map(|share| scope.spawn(move || check_share(main, routes, share, shares)))
+                .collect();
+            started
+                .into_iter()
+                // A thread that panicked: the panic goes on here, as if checked on this one.
+                .map(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        }),
+    };
+    // The first in file order; at one route, in the order a route is checked.
+    match faults
+        .into_iter()
+        .flatten()
+        .chain(too_much)
+        .min_by_key(|fault| (fault.0, fault.1))
+    {
+        Some((_, _, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// A fault found at a route: its number, what was checked (0: the text's size, 1: its pattern,
+/// 2: its name), and the error.
+type Fault = (usize, u8, ConfigError);
+
+/// [`check_routes`]' checks of the patterns and names whose spread (FNV-1a) falls in `share`
+/// of `shares`; the first fault, in file order.
+fn check_share(main: &Path, routes: &[Route], share: usize, shares: usize) -> Option<Fault> {
+    let mine = |text: &str| {
+        let spread = (text.bytes()).fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        spread as usize % shares == share
+    };
+    let capacity = routes.len() / shares + 1;
+    // The first route of each pattern, and after each route the next with its pattern.
+    let mut by_pattern: HashMap<&NamePattern, usize> = HashMap::with_capacity(capacity);
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(capacity);
     for (at, route) in routes.iter().enumerate() {
         let Some(pattern) = &route.sni else { continue };
         let file = route.file.as_deref().unwrap_or(main);
-        // The route table keeps every pattern and name in one text of 32-bit offsets.
-        text += route.name.len()
-            + match pattern {
-                NamePattern::Exact(name) => name.as_str().len(),
-                NamePattern::Wildcard(suffix) => suffix.len() + 1,
-            };
-        if text > u32::MAX as usize {
-            let key = format!("route[{}].name", route.written.index);
-            let message = "the routes' names and patterns pass 4 GiB in all";
-            return Err(ConfigError::at(file, route.written.name, key, message));
-        }
         let earlier_is = |earlier: usize| {
             let other = &routes[earlier];
             let index = other.written.index;
@@ -557,41 +617,42 @@ pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigEr
             }
         };
         let key = |what: &str| format!("route[{}].{what}", route.written.index);
-        let first = *by_pattern.entry(pattern).or_insert(at);
-        let same_pattern = std::iter::successors(Some(first), |&earlier| next[earlier]);
-        let mut last = first;
-        for earlier in same_pattern.take_while(|&earlier| earlier != at) {
-            last = earlier;
-            let other = &routes[earlier];
-            let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
-                (true, true) => Some("same name as"),
-                (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => {
-                    Some("same name and overlapping alpn as")
+        let pattern_text = match pattern {
+            NamePattern::Exact(name) => name.as_str(),
+            NamePattern::Wildcard(suffix) => suffix,
+        };
+        if mine(pattern_text) {
+            let first = *by_pattern.entry(pattern).or_insert(at);
+            let same_pattern =
+                std::iter::successors(Some(first), |earlier| next.get(earlier).copied());
+            let mut last = first;
+            for earlier in same_pattern.take_while(|&earlier| earlier != at) {
+                last = earlier;
+                let other = &routes[earlier];
+                let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
+                    (true, true) => Some("same name as"),
+                    (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => {
+                        Some("same name and overlapping alpn as")
+                    }
+                    _ => None,
+                };
+                if let Some(what) = tie {
+                    let message = format!("{what} {}", earlier_is(earlier));
+                    let error = ConfigError::at(file, route.written.sni, key("sni"), message);
+                    return Some((at, 1, error));
                 }
-                _ => None,
-            };
-            if let Some(what) = tie {
-                let message = format!("{what} {}", earlier_is(earlier));
-                return Err(ConfigError::at(
-                    file,
-                    route.written.sni,
-                    key("sni"),
-                    message,
-                ));
+            }
+            if last != at {
+                next.insert(last, at);
             }
         }
-        if last != at {
-            next[last] = Some(at);
-        }
-        if let Some(earlier) = by_name.insert(&route.name, at) {
-            let message = format!("same name \"{}\" as {}", route.name, earlier_is(earlier));
-            return Err(ConfigError::at(
-                file,
-                route.written.name,
-                key("name"),
-                message,
-            ));
+        if mine(&route.name) {
+            if let Some(earlier) = by_name.insert(&route.name, at) {
+                let message = format!("same name \"{}\" as {}", route.name, earlier_is(earlier));
+                let error = ConfigError::at(file, route.written.name, key("name"), message);
+                return Some((at, 2, error));
+            }
         }
     }
-    Ok(())
+    None
 }

@@ -385,3 +385,37 @@ fn routes_that_write_one_target_share_it() {
         "{error}"
     );
 }
+
+/// Past 10,000 routes the overlap checks run on every core, each on a share of the names: the
+/// fault reported is still the first in file order, whichever share finds it.
+#[test]
+fn the_first_fault_is_reported_however_the_checks_are_shared() {
+    // A route taking n5.test's name (a tie) at `tie`, one named "n7.test" at `named`.
+    let routes = |tie: usize, named: usize| {
+        let mut text = LISTEN.to_owned();
+        for index in 0..12_000 {
+            let sni = match index == tie {
+                true => "n5.test".to_owned(),
+                false => format!("n{index}.test"),
+            };
+            let name = match index == named {
+                true => "name = \"n7.test\"\n",
+                false => "",
+            };
+            text.push_str(&format!(
+                "[[route]]\nsni = \"{sni}\"\n{name}backend = \"127.0.0.1:9\"\n"
+            ));
+        }
+        text
+    };
+    let error = error_line(&routes(11_000, 11_500));
+    assert!(
+        error.contains("route[11000].sni: same name as route[5] (line "),
+        "{error}"
+    );
+    let error = error_line(&routes(11_500, 11_000));
+    assert!(
+        error.contains("route[11000].name: same name \"n7.test\" as route[7] (line "),
+        "{error}"
+    );
+}
