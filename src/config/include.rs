@@ -111,27 +111,7 @@ pub(super) fn read(
         .min(files.len().div_ceil(16))
         .max(1);
     let runs: Vec<&[PathBuf]> = files.chunks(files.len().div_ceil(threads).max(1)).collect();
-    let read: Vec<Result<Run, ConfigError>> = match runs.len() {
-        0 | 1 => vec![read_run(files, reading.clone())],
-        _ => std::thread::scope(|scope| {
-            let started: Vec<_> = runs
-                .iter()
-                .map(|run| {
-                    let reading = reading.clone();
-                    scope.spawn(move || read_run(run, reading))
-                })
-                .collect();
-            started
-                .into_iter()
-                // A thread that panicked: the panic goes on here, as if read on this one.
-                .map(|thread| {
-                    thread
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        }),
-    };
+    let read = super::on_threads(runs.len(), |run| read_run(runs[run], reading.clone()));
     let mut shared = reading.targets;
     let mut stamps = Vec::with_capacity(files.len());
     for result in read {

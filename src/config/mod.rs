@@ -25,7 +25,7 @@ pub use listen::{Listen, ListenKey, Protocol};
 pub use pool::{Backend, Balance, Check, Health, Http, HttpMode, Member, Pool, MAX_MEMBERS};
 use raw::RawConfig;
 pub use reload::{Loaded, TenantChanges};
-pub use route::{Route, Target, Terminate, Written, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
+pub use route::{tie, Route, Target, Terminate, Written, DEFAULT_ROUTE_NAME, NO_ROUTE_NAME};
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -132,6 +132,29 @@ impl Config {
             loaded,
         })
     }
+}
+
+/// `work(0)` to `work(count - 1)`, each on a thread of its own where there are several, their
+/// results in that order. A thread that panicked: the panic goes on here, as if the work had
+/// run on this thread.
+fn on_threads<T: Send>(count: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if count <= 1 {
+        return (0..count).map(&work).collect();
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let started: Vec<_> = (0..count)
+            .map(|index| scope.spawn(move || work(index)))
+            .collect();
+        started
+            .into_iter()
+            .map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

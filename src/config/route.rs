@@ -554,23 +554,7 @@ pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigEr
             .map_or(1, usize::from)
             .min(8),
     };
-    let faults: Vec<Option<Fault>> = match shares {
-        1 => vec![check_share(main, routes, 0, 1)],
-        _ => std::thread::scope(|scope| {
-            let started: Vec<_> = (0..shares)
-                .map(|share| scope.spawn(move || check_share(main, routes, share, shares)))
-                .collect();
-            started
-                .into_iter()
-                // A thread that panicked: the panic goes on here, as if checked on this one.
-                .map(|thread| {
-                    thread
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        }),
-    };
+    let faults = super::on_threads(shares, |share| check_share(main, routes, share, shares));
     // The first in file order; at one route, in the order a route is checked.
     match faults
         .into_iter()
@@ -580,6 +564,18 @@ pub(super) fn check_routes(main: &Path, routes: &[Route]) -> Result<(), ConfigEr
     {
         Some((_, _, error)) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// Whether two routes of one pattern with these `alpn` lists could match one hello equally well,
+/// and how it is said: both without a list, or lists with a protocol in common.
+pub fn tie(one: &[Box<[u8]>], other: &[Box<[u8]>]) -> Option<&'static str> {
+    match (one.is_empty(), other.is_empty()) {
+        (true, true) => Some("same name as"),
+        (false, false) if one.iter().any(|protocol| other.contains(protocol)) => {
+            Some("same name and overlapping alpn as")
+        }
+        _ => None,
     }
 }
 
@@ -629,14 +625,7 @@ fn check_share(main: &Path, routes: &[Route], share: usize, shares: usize) -> Op
             for earlier in same_pattern.take_while(|&earlier| earlier != at) {
                 last = earlier;
                 let other = &routes[earlier];
-                let tie = match (route.alpn.is_empty(), other.alpn.is_empty()) {
-                    (true, true) => Some("same name as"),
-                    (false, false) if route.alpn.iter().any(|p| other.alpn.contains(p)) => {
-                        Some("same name and overlapping alpn as")
-                    }
-                    _ => None,
-                };
-                if let Some(what) = tie {
+                if let Some(what) = tie(&route.alpn, &other.alpn) {
                     let message = format!("{what} {}", earlier_is(earlier));
                     let error = ConfigError::at(file, route.written.sni, key("sni"), message);
                     return Some((at, 1, error));

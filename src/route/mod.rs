@@ -35,7 +35,7 @@ use crate::config::{Config, Route, Target};
 use crate::hello::Alpn;
 use crate::metrics::{RouteHandles, RouteMetrics, NO_ROUTE};
 use crate::name::{NamePattern, ServerName};
-use set::{Entry, Set, Written};
+use set::{Entry, Record, Set};
 
 /// No next route, or no `alpn` list.
 const NONE: u32 = u32::MAX;
@@ -167,7 +167,7 @@ impl RouteTable {
         let mut pattern = String::new();
         // The config refused routes that tie or share a label, and the indexes have room.
         for route in config.routes.iter().chain(&config.default) {
-            let number = base.push(adding.written(route, &mut pattern, &mut table));
+            let number = base.push(adding.record(route, &mut pattern, &mut table));
             if let Some(file) = &route.file {
                 runs(
                     &mut table.files.entry(file.clone()).or_default().base,
@@ -405,12 +405,12 @@ impl<'p> Adding<'p> {
 
     /// `route` as a set enters it, its pattern written into `pattern`, its target and `alpn`
     /// list (counted as having one more route) entered in `table` if new there.
-    fn written<'r>(
+    fn record<'r>(
         &mut self,
         route: &'r Route,
         pattern: &'r mut String,
         table: &mut RouteTable,
-    ) -> Written<'r> {
+    ) -> Record<'r> {
         pattern.clear();
         if let Some(sni) = &route.sni {
             use fmt::Write as _;
@@ -419,7 +419,7 @@ impl<'p> Adding<'p> {
         }
         let target = self.target(route, table);
         table.targets[target as usize].routes += 1;
-        Written {
+        Record {
             pattern,
             label: &route.name,
             target,

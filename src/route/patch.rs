@@ -17,7 +17,7 @@ use once_cell::race::OnceBox;
 
 use super::set::Set;
 use super::{Adding, RouteTable};
-use crate::config::Route;
+use crate::config::{self, Route};
 
 /// Routes taken out or added that a table always allows: building anew one this small is quick
 /// anyway.
@@ -87,7 +87,7 @@ impl RouteTable {
         for (file, mut runs) in files {
             let mut added = Vec::new();
             for number in runs.added.into_iter().flatten() {
-                let number = table.added.push(self.added.written(number));
+                let number = table.added.push(self.added.record(number));
                 super::runs(&mut added, number);
             }
             runs.added = added;
@@ -97,21 +97,15 @@ impl RouteTable {
         let mut pattern = String::new();
         let first = table.added.len();
         for route in routes {
-            let written = adding.written(route, &mut pattern, &mut table);
-            let wildcard = written.pattern.starts_with("*.");
-            let key = &written.pattern.as_bytes()[usize::from(wildcard)..];
-            let ties = table.pattern(table.heads(wildcard, key)).any(|other| {
-                let other = table.alpn_of(other);
-                match (route.alpn.is_empty(), other.is_empty()) {
-                    (true, true) => true,
-                    (false, false) => route.alpn.iter().any(|protocol| other.contains(protocol)),
-                    _ => false,
-                }
-            });
-            if ties || table.labelled(written.label).is_some() || !table.added.has_room(wildcard) {
+            let record = adding.record(route, &mut pattern, &mut table);
+            let wildcard = record.pattern.starts_with("*.");
+            let key = &record.pattern.as_bytes()[usize::from(wildcard)..];
+            let ties = (table.pattern(table.heads(wildcard, key)))
+                .any(|other| config::tie(&route.alpn, table.alpn_of(other)).is_some());
+            if ties || table.labelled(record.label).is_some() || !table.added.has_room(wildcard) {
                 return None;
             }
-            let number = table.added.push(written);
+            let number = table.added.push(record);
             if let Some(file) = &route.file {
                 let runs = &mut table.files.entry(file.clone()).or_default().added;
                 super::runs(runs, number);
@@ -131,7 +125,6 @@ impl RouteTable {
             .collect();
         let added = came.iter().filter(|label| !gone.contains(*label)).count();
         let removed = gone.iter().filter(|label| !came.contains(*label)).count();
-        drop(came);
         Some(Patched {
             added,
             removed,

@@ -46,7 +46,7 @@ pub(super) struct Entry {
 
 /// What a route is, to enter it in a set.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Written<'a> {
+pub(super) struct Record<'a> {
     /// `a.example.com`, `*.example.com`; empty for `[default]`.
     pub pattern: &'a str,
     pub label: &'a str,
@@ -77,10 +77,10 @@ impl Set {
     }
 
     /// Route `number` as it was entered (its target and `alpn` numbers as they were).
-    pub fn written(&self, number: u32) -> Written<'_> {
+    pub fn record(&self, number: u32) -> Record<'_> {
         let entry = self.entry(number);
         let start = entry.text as usize;
-        Written {
+        Record {
             pattern: &self.text[start..start + usize::from(entry.pattern)],
             label: self.name(number),
             target: entry.target,
@@ -132,7 +132,7 @@ impl Set {
 
     /// Enters a route after the others (only where [`Set::has_room`] says so, and its label is
     /// free); returns its number.
-    pub fn push(&mut self, route: Written<'_>) -> u32 {
+    pub fn push(&mut self, route: Record<'_>) -> u32 {
         let start = self.text.len();
         self.text.push_str(route.pattern);
         let label = match route.label == route.pattern {
