@@ -58,12 +58,14 @@ impl Set {
     /// An empty set with room for `exact` exact names, `wildcards` wildcards, `all` routes and
     /// `text` bytes of text.
     pub fn with_capacity(exact: usize, wildcards: usize, all: usize, text: usize) -> Self {
+        // Every route has a label, so the labels' room bounds the set's routes.
+        let routes = Index::room(all);
         Self {
             text: String::with_capacity(text),
             entries: Vec::with_capacity(all),
-            exact: Index::with_capacity(exact),
-            wildcards: Index::with_capacity(wildcards),
-            labels: Index::with_capacity(all),
+            exact: Index::with_capacity(exact, routes),
+            wildcards: Index::with_capacity(wildcards, routes),
+            labels: Index::with_capacity(all, routes),
         }
     }
 
