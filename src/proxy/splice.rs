@@ -1,11 +1,18 @@
-//! Linux: copying both ways with splice(2), socket → pipe → socket, so bytes never enter user
-//! space, and no buffer is held by an idle connection.
+//! Linux: copying both ways, small bursts with recv/send through a pooled buffer and large ones
+//! with splice(2), socket → pipe → socket, so their bytes never enter user space; no buffer or
+//! pipe is held by an idle connection.
 //!
-//! Pipes come from a per-thread pool only while a burst of data is in flight: a direction takes a
-//! pipe when its socket turns readable, moves what the socket has into it, drains the pipe into
-//! the other socket **completely**, and repeats until the source would block; then the empty pipe
-//! goes back to the pool. An idle connection therefore holds no pipe and no buffer, only its two
-//! sockets. A pipe left holding data by an error is closed, never pooled.
+//! A burst starts with one `recv` into a [`BURST`]-byte buffer from a per-thread pool. Most
+//! bursts (a TLS flight, a request, a reply) are smaller: the read is short, which says the
+//! socket is drained without a second read, the bytes go out with one `send`, and the buffer
+//! goes back to the pool; if the sink takes only part, the buffer stays with the direction until
+//! the rest is sent. A read that fills the buffer marks the direction's flow as bulk: its next
+//! bursts take a pipe instead, as long as they fill [`BURST`] bytes.
+//!
+//! Pipes come from a per-thread pool only while a bulk burst is in flight: the direction moves
+//! what the socket has into the pipe, drains the pipe into the other socket **completely**, and
+//! repeats until the source would block; then the empty pipe goes back to the pool. A pipe left
+//! holding data by an error is closed, never pooled.
 //!
 //! The trap this order avoids: splice from a socket into a pipe says EAGAIN both when the socket
 //! is empty and when the pipe is full. The pipe is always empty when the socket is read, so
@@ -34,30 +41,49 @@ use super::Side;
 const PIPE_CAPACITY: usize = 64 * 1024;
 /// Empty pipes each runtime thread keeps for reuse; more are closed when returned.
 const POOLED_PER_THREAD: usize = 64;
-/// Pipes open at once in the process, in flight or pooled. Past it, a direction copies its burst
-/// through a small heap buffer instead, so a storm of busy connections can't exhaust descriptors.
+/// Pipes open at once in the process, in flight or pooled. Past it, bulk bursts go through
+/// buffers too, so a storm of busy connections can't exhaust descriptors.
 const MAX_PIPES: usize = 8192;
-/// The heap buffer a burst goes through at [`MAX_PIPES`], freed when the burst is sent.
-const FALLBACK_BUFFER: usize = 16 * 1024;
+/// Bytes of a burst's buffer: what HAProxy's buffers hold. A first read that fills it switches
+/// the direction to pipes.
+const BURST: usize = 16 * 1024;
+/// Empty buffers each runtime thread keeps for reuse; more are freed when returned.
+const BUFFERS_PER_THREAD: usize = 64;
 
 /// Pipes open in the process (pooled or in use).
 static PIPES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]
 thread_local! {
-    /// Pipes taken on this thread minus pipes returned or closed on it (exact on a
+    /// Pipes and buffers taken on this thread minus those returned or dropped on it (exact on a
     /// current-thread runtime; tests use it to see that idle connections hold none).
-    static IN_USE: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+    static IN_USE: std::cell::Cell<Held> = const { std::cell::Cell::new(Held { pipes: 0, buffers: 0 }) };
 }
 
-/// Counts pipes taken (`1`) and returned or closed (`-1`) for the tests; nothing otherwise.
-fn count_in_use(_delta: isize) {
+/// Pipes and buffers held, for the tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    pipes: isize,
+    buffers: isize,
+}
+
+/// Counts pipes and buffers taken (`1`) and returned or dropped (`-1`) for the tests; nothing
+/// otherwise.
+fn count_in_use(_pipes: isize, _buffers: isize) {
     #[cfg(test)]
-    IN_USE.with(|in_use| in_use.set(in_use.get() + _delta));
+    IN_USE.with(|in_use| {
+        let held = in_use.get();
+        in_use.set(Held {
+            pipes: held.pipes + _pipes,
+            buffers: held.buffers + _buffers,
+        })
+    });
 }
 
 /// A pipe's two ends, both non-blocking; counted in [`PIPES`] while open. Dropped, it closes
@@ -96,7 +122,7 @@ impl Pipe {
             }
         };
         pipe.in_use = true;
-        count_in_use(1);
+        count_in_use(1, 0);
         Some(pipe)
     }
 
@@ -104,7 +130,7 @@ impl Pipe {
     /// pipe empty.
     fn give_back(mut self) {
         self.in_use = false;
-        count_in_use(-1);
+        count_in_use(-1, 0);
         POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             if pool.len() < POOLED_PER_THREAD {
@@ -117,9 +143,40 @@ impl Pipe {
 impl Drop for Pipe {
     fn drop(&mut self) {
         if self.in_use {
-            count_in_use(-1);
+            count_in_use(-1, 0);
         }
         PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A burst's buffer from this thread's pool, or a new one. Dropped, it is freed; only
+/// [`Buffer::give_back`] (called when it is sent) pools it.
+#[derive(Debug)]
+struct Buffer(Box<[u8]>);
+
+impl Buffer {
+    fn take() -> Self {
+        count_in_use(0, 1);
+        match BUFFERS.with(|pool| pool.borrow_mut().pop()) {
+            Some(bytes) => Self(bytes),
+            None => Self(vec![0; BURST].into_boxed_slice()),
+        }
+    }
+
+    fn give_back(mut self) {
+        let bytes = std::mem::take(&mut self.0);
+        BUFFERS.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            if pool.len() < BUFFERS_PER_THREAD {
+                pool.push(bytes);
+            }
+        });
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        count_in_use(0, -1);
     }
 }
 
@@ -173,6 +230,9 @@ struct Direction<'a> {
     side: Side,
     written: &'a AtomicU64,
     state: State,
+    /// The first read (or fill) of the last burst took [`BURST`] bytes: the next burst goes
+    /// through a pipe.
+    bulk: bool,
 }
 
 /// Where a direction is.
@@ -182,9 +242,9 @@ enum State {
     Idle,
     /// A burst in flight: `in_pipe` bytes in `pipe` wait for the sink.
     Draining { pipe: Pipe, in_pipe: usize },
-    /// At [`MAX_PIPES`]: `buffer[start..end]` waits for the sink.
+    /// A burst read into a buffer: `buffer[start..end]` waits for the sink.
     Buffered {
-        buffer: Box<[u8]>,
+        buffer: Buffer,
         start: usize,
         end: usize,
     },
@@ -210,6 +270,7 @@ impl<'a> Direction<'a> {
             side,
             written,
             state: State::Idle,
+            bulk: false,
         }
     }
 
@@ -250,9 +311,9 @@ impl<'a> Direction<'a> {
         }
     }
 
-    /// Idle: wait for the source, then start a burst through a pipe (or, at [`MAX_PIPES`], a
-    /// heap buffer). Stays Idle when the source turned out empty: the next poll registers for
-    /// its readiness.
+    /// Idle: wait for the source, then start a burst: through a pipe after a bulk one (while
+    /// there are pipes), else through a buffer. Stays Idle when the source turned out empty: the
+    /// next poll registers for its readiness.
     fn poll_idle(
         &mut self,
         context: &mut Context<'_>,
@@ -268,13 +329,16 @@ impl<'a> Direction<'a> {
             }
             Poll::Ready(Ok(())) => {}
         }
-        if let Some(pipe) = Pipe::take() {
-            return self.fill_pipe(pipe, activity, other_done);
+        if self.bulk {
+            if let Some(pipe) = Pipe::take() {
+                return self.fill_pipe(pipe, activity, other_done, true);
+            }
         }
-        let mut buffer = vec![0u8; FALLBACK_BUFFER].into_boxed_slice();
-        match read(self.source, &mut buffer) {
+        let mut buffer = Buffer::take();
+        match read(self.source, &mut buffer.0) {
             Ok(Fill::Moved(end)) => {
                 activity.touch();
+                self.bulk = end == BURST;
                 self.state = State::Buffered {
                     buffer,
                     start: 0,
@@ -282,8 +346,14 @@ impl<'a> Direction<'a> {
                 };
                 None
             }
-            Ok(Fill::Empty) => None,
-            Ok(Fill::Ended) => Some(self.end(activity, other_done)),
+            Ok(Fill::Empty) => {
+                buffer.give_back();
+                None
+            }
+            Ok(Fill::Ended) => {
+                buffer.give_back();
+                Some(self.end(activity, other_done))
+            }
             Err(error) => {
                 activity.failed(self.side);
                 Some(Poll::Ready(Err(error)))
@@ -325,16 +395,16 @@ impl<'a> Direction<'a> {
             return None;
         }
         // The pipe is empty: the burst goes on with it while the source has more.
-        self.fill_pipe(pipe, activity, other_done)
+        self.fill_pipe(pipe, activity, other_done, false)
     }
 
-    /// Buffered (at [`MAX_PIPES`]): write `buffer[range]` into the sink; the buffer is dropped
-    /// once sent, and the next burst takes a pipe if it can.
+    /// Buffered: write `buffer[range]` into the sink; the buffer goes back to the pool once
+    /// sent.
     fn poll_buffered(
         &mut self,
         context: &mut Context<'_>,
         activity: &Activity,
-        buffer: Box<[u8]>,
+        buffer: Buffer,
         range: std::ops::Range<usize>,
     ) -> Option<Poll<io::Result<()>>> {
         let (mut start, end) = (range.start, range.end);
@@ -342,15 +412,16 @@ impl<'a> Direction<'a> {
             self.state = State::Buffered { buffer, start, end };
             return Some(returned);
         }
-        match self.sent(self.sink.try_write(&buffer[start..end]), activity) {
+        match self.sent(self.sink.try_write(&buffer.0[start..end]), activity) {
             Ok(sent) => start += sent,
             Err(error) => return Some(Poll::Ready(Err(error))),
         }
-        self.state = if start < end {
-            State::Buffered { buffer, start, end }
+        if start < end {
+            self.state = State::Buffered { buffer, start, end };
         } else {
-            State::Idle
-        };
+            buffer.give_back();
+            self.state = State::Idle;
+        }
         None
     }
 
@@ -390,16 +461,21 @@ impl<'a> Direction<'a> {
 
     /// Fills the empty `pipe` from the source and sets the next state: a burst to drain, or
     /// Idle with the pipe given back when the source has nothing. `Some`: the direction ended
-    /// (EOF or an error) and this is what `poll` returns.
+    /// (EOF or an error) and this is what `poll` returns. The first fill of a burst says, as a
+    /// buffer's read does, whether the next burst is bulk too (a burst's last fill is short).
     fn fill_pipe(
         &mut self,
         pipe: Pipe,
         activity: &Activity,
         other_done: bool,
+        first: bool,
     ) -> Option<Poll<io::Result<()>>> {
         match self.fill(&pipe) {
             Ok(Fill::Moved(moved)) => {
                 activity.touch();
+                if first {
+                    self.bulk = moved >= BURST;
+                }
                 self.state = State::Draining {
                     pipe,
                     in_pipe: moved,
@@ -465,12 +541,25 @@ impl<'a> Direction<'a> {
     }
 }
 
-/// A plain read into `buffer`, for the fallback at [`MAX_PIPES`].
+/// A read into `buffer`. A short read drained the socket: its readiness is cleared with it,
+/// as tokio's own `poll_read` does, so no read follows only to hear EAGAIN.
 fn read(source: &TcpStream, buffer: &mut [u8]) -> io::Result<Fill> {
-    match source.try_read(buffer) {
+    let mut read = 0;
+    let result = source.try_io(Interest::READABLE, || {
+        (read, _) = rustix::net::recv(source, &mut *buffer, rustix::net::RecvFlags::empty())?;
+        match read {
+            // WouldBlock from here clears the readiness this read saw, and only that.
+            short if short > 0 && short < buffer.len() => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(read),
+        }
+    });
+    match result {
         Ok(0) => Ok(Fill::Ended),
-        Ok(read) => Ok(Fill::Moved(read)),
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(Fill::Empty),
+        Ok(_) => Ok(Fill::Moved(read)),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => match read {
+            0 => Ok(Fill::Empty),
+            _ => Ok(Fill::Moved(read)),
+        },
         Err(error) => Err(error),
     }
 }
@@ -510,7 +599,7 @@ mod tests {
         }
     }
 
-    fn in_use() -> isize {
+    fn in_use() -> Held {
         IN_USE.with(std::cell::Cell::get)
     }
 
@@ -566,7 +655,11 @@ mod tests {
         backend.read_exact(&mut request).await.unwrap();
         assert_eq!(&request, b"request");
         // The copy task ran on this thread up to its next wait: the burst is over.
-        assert_eq!(in_use(), before, "an idle connection holds a pipe");
+        assert_eq!(
+            in_use(),
+            before,
+            "an idle connection holds a pipe or buffer"
+        );
 
         client.shutdown().await.unwrap();
         assert_eq!(
@@ -583,10 +676,11 @@ mod tests {
         assert_eq!(in_use(), before);
     }
 
-    /// A copy dropped mid-burst (the idle timer, drain, a reset elsewhere) while its pipe holds
-    /// bytes: the pipe closes itself and its counts go back, so no exit path leaks one.
-    #[tokio::test]
-    async fn a_copy_dropped_with_bytes_in_its_pipe_gives_the_pipe_back() {
+    /// A copy dropped mid-burst (the idle timer, drain, a reset elsewhere) while a pipe or a
+    /// buffer holds bytes: it is closed or freed and its counts go back, so no exit path leaks
+    /// one. The client writes `block` bytes at a time, pausing after each with `pause`; the
+    /// backend never reads, so once its buffers are full a burst waits. Returns what was held.
+    async fn drop_mid_burst(block: usize, pause: bool) -> Held {
         let (mut client, client_near) = pair().await;
         let (backend_near, _backend) = pair().await;
         let before = (in_use(), PIPES.load(Ordering::Relaxed));
@@ -598,30 +692,62 @@ mod tests {
             &activity,
             &counts,
         ));
-        // The backend never reads: once its buffers are full, a burst waits in the pipe.
         let writer = tokio::spawn(async move {
-            let block = vec![7u8; 1 << 20];
-            while client.write_all(&block).await.is_ok() {}
+            let block = vec![7u8; block];
+            while client.write_all(&block).await.is_ok() {
+                if pause {
+                    tokio::task::yield_now().await;
+                }
+            }
         });
-        // Drive the copy by hand, one poll at a time, until a pipe is held (a hang guard bounds
-        // it; it says nothing about speed).
+        // Drive the copy by hand, one poll at a time, until something is held (a hang guard
+        // bounds it; it says nothing about speed).
         let held = async {
-            while in_use() == before.0 {
+            loop {
                 let _ =
                     std::future::poll_fn(|context| Poll::Ready(copy.as_mut().poll(context))).await;
+                if in_use() != before.0 {
+                    return in_use();
+                }
                 tokio::task::yield_now().await;
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(30), held)
+        let held = tokio::time::timeout(std::time::Duration::from_secs(30), held)
             .await
-            .expect("hung: the copy never took a pipe");
+            .expect("hung: the copy never held a pipe or buffer");
         drop(copy);
-        assert_eq!(
-            in_use(),
-            before.0,
-            "the dropped burst's pipe is still counted"
-        );
+        assert_eq!(in_use(), before.0, "the dropped burst is still counted");
         assert!(PIPES.load(Ordering::Relaxed) <= before.1 + POOLED_PER_THREAD);
         writer.abort();
+        Held {
+            pipes: held.pipes - before.0.pipes,
+            buffers: held.buffers - before.0.buffers,
+        }
+    }
+
+    /// Bulk: each read fills a buffer, so the bursts go through pipes.
+    #[tokio::test]
+    async fn a_copy_dropped_with_bytes_in_its_pipe_gives_the_pipe_back() {
+        let held = drop_mid_burst(1 << 20, false).await;
+        assert_eq!(
+            held,
+            Held {
+                pipes: 1,
+                buffers: 0
+            }
+        );
+    }
+
+    /// Small bursts, each read short: they go through buffers, one of which waits for the sink.
+    #[tokio::test]
+    async fn a_copy_dropped_with_bytes_in_its_buffer_frees_the_buffer() {
+        let held = drop_mid_burst(1000, true).await;
+        assert_eq!(
+            held,
+            Held {
+                pipes: 0,
+                buffers: 1
+            }
+        );
     }
 }
