@@ -122,9 +122,13 @@ impl NamePattern {
 
 impl fmt::Display for NamePattern {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `write_str`, not `write!`: a million tenant routes' names are made with it at load.
         match self {
-            Self::Exact(name) => write!(formatter, "{name}"),
-            Self::Wildcard(suffix) => write!(formatter, "*{suffix}"),
+            Self::Exact(name) => formatter.write_str(name.as_str()),
+            Self::Wildcard(suffix) => {
+                formatter.write_str("*")?;
+                formatter.write_str(suffix)
+            }
         }
     }
 }
