@@ -2,7 +2,8 @@
 //! backends given to sniroute (tenant files of 1,000 routes, `include`) and to nginx (a `map`
 //! with `hostnames` in `stream`), for each size asked (`--scale 100000,1000000`):
 //!
-//! 1. loading: `sniroute check` against `nginx -t`, wall time and peak RSS (GNU time);
+//! 1. loading: `sniroute check` against `nginx -t`, wall time and peak RSS (GNU time), medians
+//!    of 5 runs of each in turn;
 //! 2. steady RSS of a running instance (nginx: its worker, which holds the map too), once it has
 //!    settled: jemalloc's background thread hands freed pages back over about ten seconds;
 //! 3. how long a reload takes when one tenant file changed (from the signal to the reload
@@ -49,16 +50,25 @@ pub(super) fn section(bench: &Bench, sizes: &[usize]) -> anyhow::Result<String> 
             );
         };
 
-        let check = timed(
-            Command::new(sniroute_binary()?)
-                .args(["check", "--config"])
-                .arg(&sniroute_config),
-        )?;
+        // Loading takes a second or two at a million, and this machine's speed drifts by more
+        // than the difference: 5 runs of each, in turn, and the medians.
         let nginx = installed("nginx");
-        let nginx_check = match nginx {
-            true => Some(timed(nginx_command(&dir, &nginx_config).arg("-t"))?),
-            false => None,
-        };
+        let mut check = Vec::new();
+        let mut nginx_check = Vec::new();
+        for _ in 0..LOAD_RUNS {
+            check.push(timed(
+                Command::new(sniroute_binary()?)
+                    .args(["check", "--config"])
+                    .arg(&sniroute_config),
+            )?);
+            if nginx {
+                nginx_check.push(timed(nginx_command(&dir, &nginx_config).arg("-t"))?);
+            }
+        }
+        let (check, nginx_check) = (
+            medians(check),
+            (!nginx_check.is_empty()).then(|| medians(nginx_check)),
+        );
         row(
             "load (`check` / `nginx -t`): s, peak RSS MB",
             format!("{:.2} s, {} MB", check.0, number(check.1)),
@@ -210,6 +220,21 @@ fn nginx_command(dir: &Path, config: &Path) -> Command {
     let mut command = Command::new("nginx");
     command.arg("-p").arg(dir).arg("-c").arg(config);
     command
+}
+
+/// Runs of each load, `check` and `nginx -t` in turn.
+const LOAD_RUNS: usize = 5;
+
+/// The median seconds and the median peak RSS of some runs.
+fn medians(runs: Vec<(f64, f64)>) -> (f64, f64) {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    (
+        median(runs.iter().map(|run| run.0).collect()),
+        median(runs.iter().map(|run| run.1).collect()),
+    )
 }
 
 /// Runs `command` to its end under GNU time: seconds, peak RSS in MB.
