@@ -640,6 +640,51 @@ mod tests {
         assert_eq!(copy.await.unwrap(), (up.len() as u64, down.len() as u64));
     }
 
+    /// Small bursts (short reads, through buffers) to a slow reader: sends that the sink takes
+    /// only in part resume where they stopped, and every byte arrives once, in order.
+    #[tokio::test]
+    async fn small_bursts_to_a_slow_reader_arrive_intact() {
+        let (mut client, client_near) = pair().await;
+        let (backend_near, mut backend) = pair().await;
+        // Small socket buffers towards the backend, so that sends are taken only in part.
+        rustix::net::sockopt::set_socket_send_buffer_size(&backend_near, 16 * 1024).unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&backend, 64 * 1024).unwrap();
+        let copy = tokio::spawn(async move {
+            let activity = Activity::new();
+            let counts = Counts::default();
+            copy_both_ways(&client_near, &backend_near, &activity, &counts)
+                .await
+                .unwrap();
+            counts.to_backend.load(Ordering::Relaxed)
+        });
+        let sent = pattern(3, 1024 * 1024);
+        let (mut client_read, mut client_write) = client.split();
+        let (mut backend_read, mut backend_write) = backend.split();
+        let (_, received) = tokio::join!(
+            async {
+                // Pieces of 1 to 3,000 bytes, yielding after each: the copy reads them short.
+                let mut at = 0;
+                for size in (1..=3000).cycle() {
+                    let end = (at + size).min(sent.len());
+                    client_write.write_all(&sent[at..end]).await.unwrap();
+                    at = end;
+                    if at == sent.len() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                client_write.shutdown().await.unwrap();
+            },
+            slow_read(&mut backend_read),
+        );
+        assert!(received == sent, "client to backend differs");
+        backend_write.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client_read.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(copy.await.unwrap(), sent.len() as u64);
+    }
+
     #[tokio::test]
     async fn an_idle_connection_holds_no_pipe_and_a_half_close_passes_through() {
         let (mut client, client_near) = pair().await;
