@@ -131,12 +131,7 @@ impl Pipe {
     fn give_back(mut self) {
         self.in_use = false;
         count_in_use(-1, 0);
-        POOL.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < POOLED_PER_THREAD {
-                pool.push(self);
-            }
-        });
+        put_back(&POOL, self, POOLED_PER_THREAD);
     }
 }
 
@@ -164,14 +159,18 @@ impl Buffer {
     }
 
     fn give_back(mut self) {
-        let bytes = std::mem::take(&mut self.0);
-        BUFFERS.with(|pool| {
-            let mut pool = pool.borrow_mut();
-            if pool.len() < BUFFERS_PER_THREAD {
-                pool.push(bytes);
-            }
-        });
+        put_back(&BUFFERS, std::mem::take(&mut self.0), BUFFERS_PER_THREAD);
     }
+}
+
+/// Into this thread's `pool`, unless it holds `most` already (then dropped).
+fn put_back<T>(pool: &'static std::thread::LocalKey<RefCell<Vec<T>>>, item: T, most: usize) {
+    pool.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < most {
+            pool.push(item);
+        }
+    });
 }
 
 impl Drop for Buffer {
